@@ -1,0 +1,145 @@
+"""Every command end to end through the CLI, on generated data, checking the files it writes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from vdcli.cli import app
+from vdcli.data import synthetic_shapes, to_float
+from vdcli.models.patches import patchify
+
+runner = CliRunner()
+
+TINY_VIT = [
+    "--set", "data.name=synthetic", "--set", "data.limit=256",
+    "--set", "model.dim=32", "--set", "model.depth=2", "--set", "model.heads=2", "--set", "model.patch_size=7",
+    "--set", "train.steps=30", "--set", "train.batch_size=32", "--set", "train.eval_every=30",
+    "--set", "train.warmup_steps=5", "--set", "train.log_every=10",
+]
+TINY_VAE = [
+    "--set", "data.name=synthetic", "--set", "data.limit=256", "--set", "data.image_size=16",
+    "--set", "model.channels=8", "--set", "train.steps=20", "--set", "train.batch_size=32",
+    "--set", "train.warmup_steps=5", "--set", "train.log_every=10", "--set", "train.eval_every=20",
+]
+
+
+def vd(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def ok(*args):
+    result = vd(*args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def recipe(tmp_path, name="tiny", kind="vit"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"kind: {kind}\n")
+    return path
+
+
+def test_version_and_help_explain_themselves():
+    assert "vd " in ok("--version")
+    out = ok("--help")
+    for command in ("patchify", "train-vit", "attn-map", "train-vae", "interpolate"):
+        assert command in out
+    assert "Example" in ok("train-vit", "--help")
+
+
+def test_patchify_writes_grid_sequence_and_the_vit_patch_tensor(tmp_path):
+    image = torch.randint(0, 256, (3, 32, 48), dtype=torch.uint8)
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / "x.png")
+    out = ok("patchify", tmp_path / "x.png", "--patch", 16, "--out", tmp_path / "p")
+    assert "2x3 = 6 patches" in out
+    patches = load_file(tmp_path / "p" / "patches.safetensors")["patches"]
+    assert patches.shape == (6, 3 * 16 * 16)
+    assert torch.equal(patches, patchify(to_float(image)[None], 16)[0])
+    assert torch.equal(patches[4].view(3, 16, 16), to_float(image)[:, 16:32, 16:32])  # k=4: row 1, column 1
+    for name in ("grid.png", "sequence.png"):
+        assert Image.open(tmp_path / "p" / name).size[0] > 48
+
+
+def test_patchify_takes_a_dataset_reference(tmp_path):
+    assert "16 patches of 7x7" in ok("patchify", "synthetic:test:0", "--patch", 7, "--out", tmp_path / "p")
+
+
+def test_patchify_with_an_indivisible_patch_is_a_one_line_error(tmp_path):
+    Image.new("L", (30, 30)).save(tmp_path / "x.png")
+    result = vd("patchify", tmp_path / "x.png", "--patch", 16)
+    assert result.exit_code == 2 and "--size" in result.output and "Traceback" not in result.output
+
+
+def test_missing_image_is_a_one_line_error():
+    result = vd("patchify", "nope.png")
+    assert result.exit_code == 2 and "nope.png not found" in result.output
+
+
+def test_recipe_typo_exits_2_naming_key_file_and_suggestion(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("kind: vit\ntrain:\n  stpes: 3\n")
+    result = vd("train-vit", path)
+    assert result.exit_code == 2
+    assert f"{path}:3" in result.output and "train.stpes" in result.output and "train.steps" in result.output
+
+
+def test_train_vit_then_attn_map(tmp_path):
+    out = ok("train-vit", recipe(tmp_path), *TINY_VIT, "--device", "cpu", "--seed", 1)
+    assert "test accuracy" in out
+    run = Path("runs/tiny/latest")
+    for name in ("checkpoint.safetensors", "checkpoint.state.safetensors", "recipe.yaml", "metrics.jsonl",
+                 "loss.png", "confusion.png"):
+        assert (run / name).is_file(), name
+    assert "seed: 1" in (run / "recipe.yaml").read_text()
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "eval" in line]
+    assert evals[-1]["step"] == 30 and 0.0 <= evals[-1]["eval"]["test_accuracy"] <= 1.0
+
+    out = ok("attn-map", "synthetic:test:5", "--out", tmp_path / "a")
+    assert "latest vit run" in out and "predicted" in out
+    written = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert written == ["attention.png", "layer1_head0.png", "layer1_head1.png", "rollout.png"]
+    assert Image.open(tmp_path / "a" / "rollout.png").size == (224, 224)
+
+    result = vd("attn-map", "synthetic:test:5", "--layer", 7)
+    assert result.exit_code == 2 and "2 layers" in result.output
+
+
+def test_train_vit_resume_finishes_the_run(tmp_path):
+    ok("train-vit", recipe(tmp_path), *TINY_VIT, "--set", "train.steps=10", "--quiet")
+    out = ok("train-vit", recipe(tmp_path), "--resume", "--set", "train.steps=20", "--quiet")
+    assert "after 20 steps" in out
+    assert len(list(Path("runs/tiny").glob("2*"))) == 1
+
+
+def test_attn_map_refuses_a_vae_checkpoint(tmp_path):
+    ok("train-vae", recipe(tmp_path, "v", "vae"), *TINY_VAE, "--quiet")
+    result = vd("attn-map", "synthetic:test:0", "--checkpoint", "runs/v/latest")
+    assert result.exit_code == 2 and "is a VAE" in result.output and "needs a ViT" in result.output
+
+
+def test_attn_map_without_any_run_says_to_train_first():
+    result = vd("attn-map", "synthetic:test:0")
+    assert result.exit_code == 2 and "train one first" in result.output
+
+
+def test_train_vae_then_interpolate(tmp_path):
+    out = ok("train-vae", recipe(tmp_path, "v", "vae"), *TINY_VAE)
+    assert "PSNR" in out and "scale factor" in out
+    run = Path("runs/v/latest")
+    for name in ("checkpoint.safetensors", "reconstructions.png", "samples.png", "loss.png"):
+        assert (run / name).is_file(), name
+    from vdcli.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoint.safetensors").meta["scale_factor"] > 0
+
+    ok("interpolate", "synthetic:test:0", "synthetic:test:1", "--frames", 5, "--out", tmp_path / "i")
+    gif = Image.open(tmp_path / "i" / "interpolation.gif")
+    assert gif.n_frames == 5
+    png = Image.open(tmp_path / "i" / "interpolation.png")
+    assert png.width > png.height

@@ -1,0 +1,97 @@
+"""Recipe loading: every way a recipe can be wrong names the file, the line and the key."""
+
+from pathlib import Path
+
+import pytest
+
+from vdcli.errors import VdError
+from vdcli.recipe import LDMRecipe, ViTRecipe, load_recipe
+
+RECIPES = Path(__file__).parent.parent / "recipes"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(*args, **kwargs) -> str:
+    with pytest.raises(VdError) as e:
+        load_recipe(*args, **kwargs)
+    return str(e.value)
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates(path):
+    import yaml
+
+    kind = yaml.safe_load(path.read_text())["kind"]
+    assert load_recipe(path, kind).kind == kind
+
+
+def test_unknown_recipe_key_names_the_nearest_valid_key(tmp_path):
+    path = write(tmp_path, "train:\n  steps: 10\n  lrr: 0.1\n")
+    message = error_of(path, "vit")
+    assert f"{path}:3" in message
+    assert "unknown key 'train.lrr'" in message
+    assert "did you mean 'train.lr'" in message
+
+
+def test_unknown_section_names_the_nearest_section(tmp_path):
+    message = error_of(write(tmp_path, "modle:\n  dim: 64\n"), "vit")
+    assert "unknown key 'modle'" in message and "did you mean 'model'" in message
+
+
+def test_typo_inside_the_denoiser_union_names_the_key_without_the_tag(tmp_path):
+    message = error_of(write(tmp_path, "kind: ldm\nmodel:\n  arch: unet\n  chanels: 32\n"), "ldm")
+    assert "unknown key 'model.chanels'" in message and "did you mean 'model.channels'" in message
+
+
+def test_wrong_type_names_the_key_and_the_value(tmp_path):
+    message = error_of(write(tmp_path, "train:\n  steps: many\n"), "vit")
+    assert "train.steps" in message and "'many'" in message and ":2" in message
+
+
+def test_out_of_range_value_says_what_is_allowed(tmp_path):
+    message = error_of(write(tmp_path, "train:\n  lr: -1\n"), "vit")
+    assert "train.lr" in message and "greater than 0" in message
+
+
+def test_override_sets_a_nested_key_with_its_yaml_type(tmp_path):
+    recipe = load_recipe(write(tmp_path, "train:\n  steps: 10\n"), "vit", ["train.lr=3e-4", "data.name=fashion-mnist"])
+    assert recipe.train.lr == 3e-4 and recipe.data.name == "fashion-mnist" and recipe.train.steps == 10
+
+
+def test_typo_in_an_override_is_reported_as_the_override(tmp_path):
+    message = error_of(write(tmp_path, "{}"), "vit", ["train.setps=5"])
+    assert "--set train.setps=5" in message and "did you mean 'train.steps'" in message
+
+
+def test_override_without_equals_sign_is_an_error(tmp_path):
+    assert "KEY=VALUE" in error_of(write(tmp_path, "{}"), "vit", ["train.lr"])
+
+
+def test_recipe_of_another_kind_names_the_right_command(tmp_path):
+    assert "vd train-ldm" in error_of(write(tmp_path, "kind: ldm\n"), "vit")
+
+
+def test_missing_recipe_file_is_an_error_not_a_traceback(tmp_path):
+    assert "not found" in error_of(tmp_path / "nope.yaml", "vit")
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    assert "r.yaml:3: not valid YAML" in error_of(write(tmp_path, "train:\n  steps: 3\n  - oops\n"), "vit")
+
+
+def test_folder_dataset_needs_a_path(tmp_path):
+    assert "data.path" in error_of(write(tmp_path, "data:\n  name: folder\n"), "vit")
+
+
+def test_dit_is_selected_by_one_key(tmp_path):
+    recipe = load_recipe(write(tmp_path, "kind: ldm\nmodel:\n  arch: dit\n  depth: 2\n"), "ldm")
+    assert isinstance(recipe, LDMRecipe) and recipe.model.arch == "dit" and recipe.model.depth == 2
+
+
+def test_empty_recipe_gets_the_defaults(tmp_path):
+    assert load_recipe(write(tmp_path, ""), "vit") == ViTRecipe()

@@ -1,0 +1,112 @@
+"""The shared training loop: reproducible, resumable bit for bit, interruptible without loss."""
+
+import json
+
+import pytest
+import torch
+
+from vdcli.checkpoint import load_checkpoint
+from vdcli.device import pick_device
+from vdcli.errors import VdError
+from vdcli.recipe import TrainConfig
+from vdcli.runs import Run, new_run
+from vdcli.trainer import StopFlag, TrainingInterrupted, fit, lr_at
+
+CPU = torch.device("cpu")
+
+
+def problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, :3].sum(1) > 0).long()
+    return x, y
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    x = torch.nn.functional.dropout(x, 0.2)  # a random draw each step: resuming must replay it
+    return torch.nn.functional.cross_entropy(model(x), y), {}
+
+
+def make_model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 2))
+
+
+def train(tmp_path, name, steps=20, stop_at=None, resume_run=None, **cfg):
+    cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-2, warmup_steps=3, log_every=5, eval_every=10, checkpoint_every=10, **cfg)
+    run = resume_run or new_run(tmp_path / "runs", name)
+    stop, calls = StopFlag(), [0]
+
+    def stopping_loss(model, batch):  # as if Ctrl-C arrived during step `stop_at`
+        calls[0] += 1
+        if calls[0] == stop_at:
+            stop.request()
+        return loss_fn(model, batch)
+
+    model = make_model()
+    result = fit(model, stopping_loss, problem(), cfg, run, kind="vit", meta={}, device=CPU,
+                 resume=resume_run is not None, quiet=True, stop=stop)
+    return model, result
+
+
+def test_resume_continues_bitwise(tmp_path):
+    straight, _ = train(tmp_path, "a", steps=20, ema_decay=0.9)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 7/20"):
+        train(tmp_path, "b", steps=20, stop_at=7, ema_decay=0.9)
+    run = Run(next((tmp_path / "runs" / "b").glob("2*")))
+    assert load_checkpoint(run.checkpoint).meta["step"] == 7
+    resumed, _ = train(tmp_path, "b", steps=20, resume_run=run, ema_decay=0.9)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    ema_a = load_checkpoint(next((tmp_path / "runs" / "a").glob("2*")) / "checkpoint.safetensors").weights("ema")
+    ema_b = load_checkpoint(run.checkpoint).weights("ema")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+
+
+def test_resumed_metrics_have_no_duplicate_steps(tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path, "b", steps=20, stop_at=12)
+    run = Run(next((tmp_path / "runs" / "b").glob("2*")))
+    train(tmp_path, "b", steps=20, resume_run=run)
+    steps = [json.loads(line)["step"] for line in run.metrics.read_text().splitlines() if "loss" in line]
+    assert steps == [5, 10, 15, 20]
+
+
+def test_same_seed_same_weights(tmp_path):
+    a, _ = train(tmp_path, "a")
+    b, _ = train(tmp_path, "b")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_training_reduces_the_loss(tmp_path):
+    model = make_model()
+    x, y = problem()
+    before = torch.nn.functional.cross_entropy(model(x), y).item()
+    trained, result = train(tmp_path, "a", steps=60)
+    assert torch.nn.functional.cross_entropy(trained(x), y).item() < 0.7 * before
+
+
+def test_run_writes_checkpoint_metrics_and_loss_curve(tmp_path):
+    _, result = train(tmp_path, "a")
+    names = {p.name for p in result.run.dir.iterdir()}
+    assert {"checkpoint.safetensors", "checkpoint.state.safetensors", "metrics.jsonl", "loss.png"} <= names
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(55, cfg) == pytest.approx(0.5) and lr_at(100, cfg) == pytest.approx(0.0)
+
+
+def test_resuming_a_finished_run_says_how_to_continue(tmp_path):
+    _, result = train(tmp_path, "a", steps=10)
+    with pytest.raises(VdError, match="train.steps"):
+        train(tmp_path, "a", steps=10, resume_run=result.run)
+
+
+def test_asking_for_cuda_without_one_is_a_user_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(VdError, match="no CUDA device"):
+        pick_device("cuda")

@@ -1,0 +1,3 @@
+from vdcli.cli import main
+
+main()

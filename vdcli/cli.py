@@ -1,0 +1,307 @@
+"""The ``vd`` command line: a thin shell over the library.
+
+Each command parses its options, loads and validates its recipe or checkpoint, calls one
+function from ``vdcli.tasks`` and prints a short summary. A ``VdError`` becomes one red line on
+stderr and exit code 2 (``vd --debug ...`` shows the traceback); anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vdcli import __version__
+from vdcli.errors import VdError
+
+app = typer.Typer(
+    name="vd",
+    help="Vision transformers and latent diffusion: patchify, train, look inside, sample.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+_debug = {"on": bool(os.environ.get("VD_DEBUG"))}
+
+# Options every command spells the same way.
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps; auto picks CUDA when present.")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed (training: overrides train.seed). Same seed, same result on the CPU.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")]
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")]
+DataRoot = Annotated[Optional[Path], typer.Option(help="Where datasets live (else $VD_DATA_ROOT, else ~/.cache/vd/data).")]
+RunsDir = Annotated[Path, typer.Option("--out", help="Folder that holds the runs (runs/<recipe>/<time>/).")]
+Resume = Annotated[bool, typer.Option(help="Continue the newest run of this recipe from its last checkpoint.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of user errors too.")] = False,
+) -> None:
+    if debug:
+        _debug["on"] = True
+
+
+def command(name: str):
+    """Register a command whose user errors print as one line and exit 2 (130 when interrupted)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except VdError as e:
+                if _debug["on"]:
+                    raise
+                from vdcli.progress import console
+                from vdcli.trainer import TrainingInterrupted
+
+                err = console.__class__(stderr=True, highlight=False)
+                if isinstance(e, TrainingInterrupted):
+                    err.print(f"[yellow]{e}[/]; continue with: vd {' '.join(sys.argv[1:])} --resume", soft_wrap=True)
+                    raise typer.Exit(130)
+                err.print(f"[red]error:[/] {e}", soft_wrap=True, markup=True)
+                raise typer.Exit(2)
+
+        return app.command(name)(run)
+
+    return wrap
+
+
+def _say(*lines: str) -> None:
+    from vdcli.progress import console
+
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path):
+    from vdcli.recipe import load_recipe, recipe_to_yaml
+    from vdcli.runs import last_run, new_run
+
+    overrides = list(sets or []) + ([f"train.seed={seed}"] if seed is not None else [])
+    if resume:
+        run = last_run(out, recipe.stem)
+        validated = load_recipe(run.recipe, kind, overrides)
+    else:
+        validated = load_recipe(recipe, kind, overrides)
+        run = new_run(out, recipe.stem)
+    run.recipe.write_text(recipe_to_yaml(validated))
+    return validated, run
+
+
+# --- the ViT path ---------------------------------------------------------------------------
+
+
+@command("patchify")
+def patchify_cmd(
+    image: Annotated[str, typer.Argument(help="An image file, or a dataset reference such as mnist:test:0.")],
+    patch: Annotated[int, typer.Option(help="Patch side in pixels.", min=1)] = 16,
+    size: Annotated[Optional[int], typer.Option(help="Resize (short side) and centre-crop to SIZE x SIZE first.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/patchify"),
+    data_root: DataRoot = None,
+) -> None:
+    """Cut an image into ViT patches, row-major from the top left, and export the patch tensor.
+
+    Example: [bold]vd patchify photo.jpg --size 224 --patch 16[/]  or  [bold]vd patchify mnist:test:0 --patch 7[/]
+
+    Writes grid.png (patch grid, each patch numbered), sequence.png (the patches in the order the
+    encoder reads them) and patches.safetensors ([N, C*P*P], values in [-1, 1]).
+    """
+    from vdcli.data import fit_images, load_input, read_image
+    from vdcli.tasks.vit import export_patches
+
+    if ":" in image and not Path(image).exists():
+        pixels, _ = load_input(image, size or 28, None, data_root)
+    else:
+        pixels = read_image(image)
+        if size:
+            pixels = fit_images(pixels[None], size, None)[0]
+    result = export_patches(pixels, patch, out)
+    c, h, w = pixels.shape
+    _say(
+        f"{image}: {w}x{h}, {c} channel(s) -> {result.rows}x{result.cols} = {result.shape[0]} patches of {patch}x{patch}",
+        f"sequence: [{result.shape[0]}, {result.shape[1]}] = [N, C*P*P]; patch k is row k // {result.cols}, column k % {result.cols}",
+        f"wrote {result.grid_png}, {result.sequence_png}, {result.tensor_path}",
+    )
+
+
+@command("train-vit")
+def train_vit_cmd(
+    recipe: Annotated[Path, typer.Argument(help="A ViT recipe, e.g. recipes/mnist_vit.yaml.")],
+    set_: Sets = None,
+    resume: Resume = False,
+    out: RunsDir = Path("runs"),
+    device: Device = "auto",
+    seed: Seed = None,
+    data_root: DataRoot = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train a Vision Transformer classifier from a recipe.
+
+    Example: [bold]vd train-vit recipes/mnist_vit.yaml --set train.steps=500[/]
+
+    Writes runs/<recipe>/<time>/: checkpoint.safetensors, metrics.jsonl, loss.png,
+    confusion.png and misclassified.png. Ctrl-C saves a checkpoint; --resume continues.
+    """
+    from vdcli.device import pick_device
+    from vdcli.tasks import vit
+
+    validated, run = _prepare("vit", recipe, set_, seed, resume, out)
+    summary = vit.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet)
+    _say(
+        f"[bold]test accuracy {summary.accuracy:.2%}[/] after {summary.steps} steps in {_duration(summary.seconds)}",
+        f"wrote {run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+    )
+
+
+@command("attn-map")
+def attn_map_cmd(
+    image: Annotated[str, typer.Argument(help="An image file, or a dataset reference such as mnist:test:42.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="A ViT checkpoint or run folder (default: the newest ViT run).")] = None,
+    layer: Annotated[int, typer.Option(help="Layer whose heads to show; -1 is the last.")] = -1,
+    head: Annotated[Optional[int], typer.Option(help="Only this head (default: all).")] = None,
+    mode: Annotated[str, typer.Option(help="cls: per-head class-token attention; rollout: attention rollout; both.")] = "both",
+    fusion: Annotated[str, typer.Option(help="Rollout head fusion: mean, max or min.")] = "mean",
+    discard: Annotated[float, typer.Option(help="Rollout: drop this fraction of the weakest attention weights.", min=0.0, max=0.99)] = 0.0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/attn-map"),
+    device: Device = "auto",
+    data_root: DataRoot = None,
+) -> None:
+    """Show what a trained ViT attends to: per-head class-token maps and attention rollout.
+
+    Example: [bold]vd attn-map mnist:test:42 --mode rollout --fusion max[/]
+    """
+    from vdcli import images
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.data import load_input
+    from vdcli.device import pick_device
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.vit import attention_maps, load_vit
+
+    if mode not in ("cls", "rollout", "both"):
+        raise VdError(f"--mode {mode}: expected cls, rollout or both")
+    if fusion not in ("mean", "max", "min"):
+        raise VdError(f"--fusion {fusion}: expected mean, max or min")
+    path, found = find_checkpoint(checkpoint, "vit")
+    ckpt = load_checkpoint(path, "vit")
+    model = load_vit(ckpt, pick_device(device))
+    spec = ckpt.meta["data"]
+    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
+    maps = attention_maps(model, pixels, layer, fusion, discard)
+    if head is not None and not 0 <= head < len(maps.heads):
+        raise VdError(f"--head {head}: this ViT has {len(maps.heads)} heads (0..{len(maps.heads) - 1})")
+    out.mkdir(parents=True, exist_ok=True)
+    written, panels = [], [images.enlarge(images.to_pil(pixels).convert("RGB"))]
+    if mode in ("cls", "both"):
+        for h in [head] if head is not None else range(len(maps.heads)):
+            overlay = images.enlarge(images.heat_overlay(pixels, maps.heads[h]))
+            written.append(images.save(overlay, out / f"layer{layer % len(model.blocks)}_head{h}.png"))
+            panels.append(overlay)
+    if mode in ("rollout", "both"):
+        overlay = images.enlarge(images.heat_overlay(pixels, maps.rollout))
+        written.append(images.save(overlay, out / "rollout.png"))
+        panels.append(overlay)
+    strip = images.hstack(panels)
+    written.append(images.save(strip, out / "attention.png"))
+    top = int(maps.probs.argmax())
+    _say(
+        f"using {found}",
+        f"{what}: predicted [bold]{spec['classes'][top]}[/] with probability {maps.probs[top]:.1%}",
+        f"wrote {out}/: " + ", ".join(p.name for p in written),
+    )
+
+
+# --- the latent space -------------------------------------------------------------------------
+
+
+@command("train-vae")
+def train_vae_cmd(
+    recipe: Annotated[Path, typer.Argument(help="A VAE recipe, e.g. recipes/mnist_vae.yaml.")],
+    set_: Sets = None,
+    resume: Resume = False,
+    out: RunsDir = Path("runs"),
+    device: Device = "auto",
+    seed: Seed = None,
+    data_root: DataRoot = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train the KL-regularised autoencoder that maps images to a small latent grid.
+
+    Example: [bold]vd train-vae recipes/mnist_vae.yaml[/]
+
+    Writes runs/<recipe>/<time>/: checkpoint.safetensors (with the latent scale factor),
+    reconstructions.png (originals above reconstructions), samples.png (decoded prior samples), loss.png.
+    """
+    from vdcli.device import pick_device
+    from vdcli.tasks import vae
+
+    validated, run = _prepare("vae", recipe, set_, seed, resume, out)
+    summary = vae.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet)
+    _say(
+        f"[bold]test reconstruction MSE {summary.mse:.5f}, PSNR {summary.psnr:.2f} dB[/]; latent scale factor {summary.scale_factor:.4f}",
+        f"{summary.steps} steps in {_duration(summary.seconds)}; wrote {run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+    )
+
+
+@command("interpolate")
+def interpolate_cmd(
+    a: Annotated[str, typer.Argument(help="First image: a file or a dataset reference such as mnist:test:3.")],
+    b: Annotated[str, typer.Argument(help="Second image.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="A VAE checkpoint or run folder (default: the newest VAE run).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames from A to B, both included.", min=2)] = 10,
+    mode: Annotated[str, typer.Option(help="Latent path: slerp or lerp.")] = "slerp",
+    fps: Annotated[float, typer.Option(help="GIF frames per second.", min=0.1)] = 4.0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/interpolate"),
+    device: Device = "auto",
+    data_root: DataRoot = None,
+) -> None:
+    """Walk between two images in pixel space and in latent space, side by side.
+
+    Example: [bold]vd interpolate mnist:test:3 mnist:test:2 --frames 12[/]
+
+    Writes interpolation.png (row 1: the pixel blend; row 2: the decoded latent path) and
+    interpolation.gif (both, animated side by side).
+    """
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.data import load_input
+    from vdcli.device import pick_device
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.vae import interpolate, load_vae, write_interpolation
+
+    if mode not in ("slerp", "lerp"):
+        raise VdError(f"--mode {mode}: expected slerp or lerp")
+    path, found = find_checkpoint(checkpoint, "vae")
+    ckpt = load_checkpoint(path, "vae")
+    vae, _ = load_vae(ckpt, pick_device(device))
+    spec = ckpt.meta["data"]
+    (xa, what_a), (xb, what_b) = (load_input(x, spec["image_size"], spec["channels"], data_root) for x in (a, b))
+    files = write_interpolation(interpolate(vae, xa, xb, frames, mode), out, fps)
+    _say(f"using {found}", f"{what_a} -> {what_b}: {frames} frames ({mode} in latent space)",
+         f"wrote {', '.join(str(p) for p in files)}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

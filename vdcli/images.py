@@ -1,0 +1,183 @@
+"""Writing what commands show: image grids, GIFs, heat-map overlays, curves and matrices.
+
+Everything takes uint8 [.., C, H, W] tensors (see ``data.to_uint8``) and writes a file. Small
+images (MNIST is 28 pixels) are enlarged with nearest-neighbour so that a person can see them.
+Plots use matplotlib (Agg, imported on first use so the CLI starts fast).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from vdcli.checkpoint import atomic_write
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """uint8 [C, H, W] -> a PIL image (L or RGB)."""
+    array = image.permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array, "L" if array.shape[2] == 1 else "RGB")
+
+
+def upscale_for_viewing(size: int, target: int = 96) -> int:
+    return max(1, target // size)
+
+
+def grid(images: torch.Tensor, nrow: int, pad: int = 2, scale: int | None = None, fill: int = 64) -> Image.Image:
+    """uint8 [N, C, H, W] -> one RGB image, nrow images per row, each enlarged ``scale`` times."""
+    n, c, h, w = images.shape
+    scale = scale or upscale_for_viewing(h)
+    images = images.expand(-1, 3, -1, -1) if c == 1 else images
+    rows = (n + nrow - 1) // nrow
+    canvas = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), fill, dtype=torch.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, top : top + h, left : left + w] = images[i]
+    pil = to_pil(canvas)
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
+
+
+def with_row_labels(image: Image.Image, labels: list[str], row_height: int) -> Image.Image:
+    """Write a label at the left of each row of a grid."""
+    font = _font(max(10, min(row_height // 3, 18)))
+    width = max(int(ImageDraw.Draw(image).textlength(s, font=font)) for s in labels) + 12
+    out = Image.new("RGB", (image.width + width, image.height), (255, 255, 255))
+    out.paste(image, (width, 0))
+    draw = ImageDraw.Draw(out)
+    for i, label in enumerate(labels):
+        draw.text((6, i * row_height + row_height // 2), label, fill=(0, 0, 0), font=font, anchor="lm")
+    return out
+
+
+def save(image: Image.Image, path: Path) -> Path:
+    path = Path(path)
+    atomic_write(path, lambda tmp: image.save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG")))
+    return path
+
+
+def save_gif(frames: list[Image.Image], path: Path, fps: float = 8.0, hold_ends: int = 0) -> Path:
+    """An endlessly looping GIF; ``hold_ends`` repeats the first and last frames so they can be seen."""
+    frames = [frames[0]] * hold_ends + list(frames) + [frames[-1]] * hold_ends
+    duration = max(20, int(1000 / fps))
+    atomic_write(
+        Path(path),
+        lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0),
+    )
+    return Path(path)
+
+
+def heat_overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> Image.Image:
+    """Blend a heat map (float [h, w], any range, upsampled to the image) over uint8 [C, H, W]."""
+    import matplotlib
+
+    _, h, w = image.shape
+    heat = heat.float()[None, None]
+    heat = torch.nn.functional.interpolate(heat, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-12)
+    colours = torch.from_numpy(matplotlib.colormaps["inferno"](heat.cpu().numpy())[..., :3]).permute(2, 0, 1).float()
+    base = image.float().expand(3, -1, -1) / 255
+    mixed = ((1 - alpha) * base + alpha * colours).clamp(0, 1)
+    return to_pil((mixed * 255).round().to(torch.uint8))
+
+
+def enlarge(image: Image.Image, min_side: int = 224) -> Image.Image:
+    scale = max(1, min_side // min(image.size))
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST) if scale > 1 else image
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def patch_grid_image(image: torch.Tensor, patch: int, min_side: int = 448) -> Image.Image:
+    """The image with its patch grid drawn and each patch numbered in row-major order."""
+    _, h, w = image.shape
+    scale = max(1, min_side // min(h, w))
+    pil = to_pil(image).convert("RGB").resize((w * scale, h * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(pil)
+    step = patch * scale
+    rows, cols = h // patch, w // patch
+    font = _font(max(8, min(step // 3, 20)))
+    for r in range(rows + 1):
+        draw.line([(0, r * step), (cols * step, r * step)], fill=(255, 64, 64), width=1)
+    for c in range(cols + 1):
+        draw.line([(c * step, 0), (c * step, rows * step)], fill=(255, 64, 64), width=1)
+    for k in range(rows * cols):
+        r, c = divmod(k, cols)
+        draw.text((c * step + 3, r * step + 2), str(k), fill=(255, 230, 0), font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    return pil
+
+
+def loss_curve(metrics_path: Path, out: Path, keys: tuple[str, ...] = ("loss",)) -> Path | None:
+    """Plot training loss (log scale) from metrics.jsonl."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if all(r["loss"] > 0 for r in rows):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(keys) > 1:
+        ax.legend()
+    fig.tight_layout()
+    return _save_fig(fig, out)
+
+
+def confusion_matrix_image(matrix: torch.Tensor, classes: list[str], out: Path) -> Path:
+    plt = _pyplot()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n), dpi=120)
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = matrix.max().item()
+    for i in range(n):
+        for j in range(n):
+            value = int(matrix[i, j])
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color="white" if value > top / 2 else "black")
+    fig.tight_layout()
+    return _save_fig(fig, out)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_fig(fig, out: Path) -> Path:
+    plt = _pyplot()
+    atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return Path(out)
+
+
+def hstack(panels: list[Image.Image], gap: int = 4) -> Image.Image:
+    """Pictures side by side on white, top-aligned."""
+    width = sum(p.width for p in panels) + gap * (len(panels) - 1)
+    out = Image.new("RGB", (width, max(p.height for p in panels)), (255, 255, 255))
+    x = 0
+    for p in panels:
+        out.paste(p.convert("RGB"), (x, 0))
+        x += p.width + gap
+    return out

@@ -1,0 +1,38 @@
+"""Conditioning shared by the denoisers (U-Net and DiT): timestep and class embeddings."""
+
+import math
+
+import torch
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in Vaswani et al. 2017 / Ho et al. 2020.
+
+    t: [B] -> [B, dim]; the first half are cosines, the second half sines.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+class ConditionEmbedding(nn.Module):
+    """Time embedding (sinusoid -> MLP) plus a learned class embedding.
+
+    Class ``num_classes`` is the extra "null" class: the unconditional model that classifier-free
+    guidance needs. Labels are dropped to it during training.
+    """
+
+    def __init__(self, num_classes: int, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.num_classes = num_classes
+        self.freq_dim = freq_dim
+        self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.class_emb = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.time_mlp(timestep_embedding(t, self.freq_dim)) + self.class_emb(y)  # (B, dim)

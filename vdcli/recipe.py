@@ -1,0 +1,280 @@
+"""Recipes: the YAML files that say what to train, loaded into typed, validated objects.
+
+A recipe has sections (``data``, ``model``, ``train``, ...). Each section is a config class
+defined next to the code it configures (``ViTConfig`` in ``models/vit.py``, ``TrainConfig``
+here), and each component is built from its own section; nothing deep in the core reads raw
+dicts. Loading is strict: an unknown key, a wrong type or an out-of-range value is a
+``VdError`` that names the file, the line, the key path and, for a typo, the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from vdcli.config import Section
+from vdcli.diffusion import DiffusionConfig
+from vdcli.errors import VdError
+from vdcli.models.dit import DiTConfig
+from vdcli.models.unet import UNetConfig
+from vdcli.models.vae import VAEConfig
+from vdcli.models.vit import ViTConfig
+
+DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "folder", "synthetic"]
+
+
+class DataConfig(Section):
+    """Where images come from and the size every model sees them at."""
+
+    name: DatasetName = "mnist"
+    path: str | None = None  # the image-folder tree, for name: folder (one sub-folder per class)
+    image_size: int = Field(28, gt=0)  # smaller datasets are padded to it (28 -> 32), larger ones resized
+    channels: Literal[1, 3] | None = None  # None: the dataset's own (1 for MNIST, 3 for CIFAR-10)
+    limit: int | None = Field(None, gt=0)  # use at most this many training images (smoke runs)
+    augment: bool = False  # random shifts of up to 2 pixels (classifiers only)
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> DataConfig:
+        if self.name == "folder" and not self.path:
+            raise ValueError("data.name: folder needs data.path, the folder that holds one sub-folder per class")
+        return self
+
+
+class TrainConfig(Section):
+    """The shared training loop's settings (``trainer.py``): AdamW, warm-up + cosine, EMA."""
+
+    steps: int = Field(2000, gt=0)
+    seed: int = 0  # batch order and every random draw of step s depend on (seed, s) only
+    batch_size: int = Field(128, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)  # None: no clipping
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # None: no EMA
+    log_every: int = Field(50, gt=0)
+    eval_every: int = Field(500, gt=0)
+    checkpoint_every: int = Field(500, gt=0)
+
+
+class ViTTrainConfig(TrainConfig):
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class VAETrainConfig(TrainConfig):
+    kl_weight: float = Field(1e-4, ge=0)  # beta in reconstruction + beta * KL
+
+
+class LDMTrainConfig(TrainConfig):
+    cond_drop_prob: float = Field(0.1, ge=0, le=1)  # labels dropped to the null class, for guidance
+
+
+class SampleConfig(Section):
+    """Defaults for ``vd sample`` and the grids written during training."""
+
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    steps: int = Field(50, gt=0)
+    eta: float = Field(0.0, ge=0)
+    guidance: float = Field(3.0, ge=0)  # 1 = off
+
+
+class UNetSection(UNetConfig):
+    arch: Literal["unet"] = "unet"
+
+
+class DiTSection(DiTConfig):
+    arch: Literal["dit"] = "dit"
+
+
+Denoiser = Annotated[Union[UNetSection, DiTSection], Field(discriminator="arch")]
+
+
+class ViTRecipe(Section):
+    kind: Literal["vit"] = "vit"
+    data: DataConfig = DataConfig()
+    model: ViTConfig = ViTConfig()
+    train: ViTTrainConfig = ViTTrainConfig()
+
+
+class VAERecipe(Section):
+    kind: Literal["vae"] = "vae"
+    data: DataConfig = DataConfig()
+    model: VAEConfig = VAEConfig()
+    train: VAETrainConfig = VAETrainConfig()
+
+
+class VAEStage(Section):
+    """The first stage of an LDM recipe: a trained VAE, or the recipe to train one."""
+
+    checkpoint: str | None = None  # a VAE checkpoint file or run folder; None: train one first
+    model: VAEConfig = VAEConfig()
+    train: VAETrainConfig = VAETrainConfig()
+
+
+class LDMRecipe(Section):
+    kind: Literal["ldm"] = "ldm"
+    data: DataConfig = DataConfig()
+    vae: VAEStage = VAEStage()
+    model: Denoiser = UNetSection()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: LDMTrainConfig = LDMTrainConfig()
+    sample: SampleConfig = SampleConfig()
+
+
+RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe}
+COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm"}
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path, kind: str, overrides: list[str] = ()) -> Section:
+    """Read a YAML recipe, apply ``--set key.path=value`` overrides and validate it as ``kind``."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (it is a folder)" if path.is_dir() else ""
+        raise VdError(f"recipe {path} not found{hint}; the shipped recipes are in recipes/, e.g. recipes/mnist_{kind}.yaml")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise VdError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise VdError(f"{path}: a recipe is a mapping of sections (data:, model:, train:, ...), not a {type(raw).__name__}")
+    return validate_recipe(raw, kind, source=str(path), overrides=overrides, lines=_key_lines(text))
+
+
+def validate_recipe(
+    raw: dict, kind: str, source: str = "<recipe>", overrides: list[str] = (), lines: dict | None = None
+) -> Section:
+    """Validate a recipe given as a dict (what ``load_recipe`` does after reading the file)."""
+    found = raw.get("kind", kind)
+    if found != kind:
+        hint = f"; train it with {COMMANDS[found]}" if found in COMMANDS else ""
+        raise VdError(f"{source}: this is a '{found}' recipe, not a '{kind}' recipe{hint}")
+    raw = dict(raw)
+    set_lines = {}
+    for item in overrides:
+        keys = _apply_override(raw, item)
+        set_lines[keys] = item
+    cls = RECIPES[kind]
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise VdError(_explain(e, cls, source, lines or {}, set_lines)) from None
+
+
+def _apply_override(raw: dict, item: str) -> tuple[str, ...]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise VdError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
+    keys = tuple(key.strip().split("."))
+    node = raw
+    for k in keys[:-1]:
+        child = node.get(k)
+        if not isinstance(child, dict):
+            child = {} if child is None else child
+            if not isinstance(child, dict):
+                raise VdError(f"--set {item}: {k} is a value, not a section")
+            node[k] = child = dict(child)
+        else:
+            node[k] = child = dict(child)  # copy: never modify the caller's dict
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        node[keys[-1]] = value
+    return keys
+
+
+def _explain(error: ValidationError, cls: type[BaseModel], source: str, lines: dict, set_lines: dict) -> str:
+    """One line for the first problem: where it is, what is wrong, and what would be right."""
+    first = error.errors()[0]
+    raw_loc = tuple(str(p) for p in first["loc"])
+    loc, _ = _resolve(cls, raw_loc)
+    dotted = ".".join(loc) or "(top level)"
+    where = _where(loc, source, lines, set_lines)
+    more = error.error_count() - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    if first["type"] == "extra_forbidden":
+        valid = sorted({k for c in _resolve(cls, raw_loc[:-1])[1] for k in c.model_fields})
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        prefix = ".".join(loc[:-1] + (close[0],)) if close else None
+        hint = f"; did you mean '{prefix}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
+        return f"{where}: unknown key '{dotted}'{hint}{tail}"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] in ("missing",):
+        return f"{where}: '{dotted}' is required{tail}"
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or first["type"].startswith("value_error") else f" (got {got!r})"
+    return f"{where}: {dotted}: {msg}{shown}{tail}"
+
+
+def _where(loc: tuple, source: str, lines: dict, set_lines: dict) -> str:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in set_lines:
+            return f"--set {set_lines[loc[:n]]}"
+        if loc[:n] in lines:
+            return f"{source}:{lines[loc[:n]]}"
+    return source
+
+
+def _section_fields(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes a field may hold (several for a tagged union such as the denoiser)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _section_fields(args[0])
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return [c for a in args for c in _section_fields(a)]
+    return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+
+
+def _resolve(cls: type[BaseModel], loc: tuple) -> tuple[tuple, list[type[BaseModel]]]:
+    """Follow an error path through the recipe classes: (the path without union tags, the classes there).
+
+    pydantic names the member of a tagged union in the path, ('model', 'unet', 'chanels'); a user
+    wrote model.chanels, so the tag is dropped from what we show.
+    """
+    shown: list[str] = []
+    classes = [cls]
+    for key in loc:
+        if len(classes) > 1:
+            tagged = [c for c in classes if getattr(c.model_fields.get("arch"), "default", None) == key]
+            if tagged:
+                classes = tagged
+                continue
+        shown.append(key)
+        classes = [m for c in classes if key in c.model_fields for m in _section_fields(c.model_fields[key].annotation)]
+    return tuple(shown), classes
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    out: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return out
+
+    def visit(node: yaml.Node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = path + (str(key.value),)
+                out[child] = key.start_mark.line + 1
+                visit(value, child)
+
+    if root is not None:
+        visit(root, ())
+    return out
+
+
+def recipe_to_yaml(recipe: BaseModel) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

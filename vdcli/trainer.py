@@ -1,0 +1,220 @@
+"""The training loop every ``vd train-*`` command shares.
+
+A task (``tasks/vit.py`` ...) hands over a model, a loss function, its data as CPU tensors and
+an evaluation function; the loop does the rest: AdamW with linear warm-up and cosine decay,
+gradient clipping, optional EMA of the weights, bf16 autocast on CUDA, periodic evaluation and
+atomic checkpoints, ``metrics.jsonl``, a loss curve, and Ctrl-C/SIGTERM that save before exiting.
+
+Reproducibility: the batch order of epoch e is a permutation seeded by (seed, e) and the global
+RNG is reseeded from (seed, step) before every step. So step s sees the same batch and the same
+random draws (noise, dropout, label drops) whether the run started at 0 or resumed at s, and a
+resumed CPU run is bitwise identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vdcli.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from vdcli.device import autocast
+from vdcli.errors import VdError
+from vdcli.images import loss_curve
+from vdcli.progress import Reporter, format_metrics
+from vdcli.recipe import TrainConfig
+from vdcli.runs import Run
+
+LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, float]]]
+EvalFn = Callable[[nn.Module, int], dict[str, float]]
+
+
+class TrainingInterrupted(VdError):
+    """Ctrl-C or SIGTERM: the checkpoint was saved; the message says how to resume."""
+
+
+@dataclass
+class TrainResult:
+    run: Run
+    step: int
+    seconds: float
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay to zero at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EMA:
+    """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p in zip(self.model.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1.0 - decay)
+        for ema_b, b in zip(self.model.buffers(), model.buffers()):
+            ema_b.copy_(b)
+
+
+class BatchOrder:
+    """Which rows of the data step s trains on: epoch permutations seeded by (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, min(batch_size, n), seed
+        self.per_epoch = n // self.batch_size
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+class StopFlag:
+    """The first Ctrl-C/SIGTERM asks the loop to save and stop; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def request(self, *_) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self.request)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: tuple[torch.Tensor, ...],
+    cfg: TrainConfig,
+    run: Run,
+    *,
+    kind: str,
+    meta: dict,
+    device: torch.device,
+    seed: int = 0,
+    evaluate: EvalFn | None = None,
+    extra: dict[str, nn.Module] | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    stop: StopFlag | None = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` for cfg.steps steps; checkpoint as ``kind`` with ``meta``.
+
+    loss_fn(model, batch) -> (loss, logs), batch being the rows of each tensor in ``data``
+    for one step, moved to ``device``. evaluate(model, step) -> metrics runs on the EMA model
+    when there is one. ``extra`` modules (an LDM's frozen VAE) are saved in the checkpoint too.
+    """
+    model.to(device)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)  # no weight decay on biases, norms, tokens
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    start = 0
+    if resume and run.checkpoint.is_file():
+        ckpt = load_checkpoint(run.checkpoint, expect=kind)
+        model.load_state_dict(ckpt.weights("model"))
+        if ema:
+            ema.model.load_state_dict(ckpt.weights("ema"))
+        start = load_train_state(run.checkpoint, optimizer)
+        if start != ckpt.meta["step"]:
+            raise VdError(f"cannot resume {run.dir}: the optimizer state is from step {start}, the weights from step {ckpt.meta['step']}")
+        _truncate_metrics(run, start)
+    if start >= cfg.steps:
+        raise VdError(f"{run.dir} already finished its {cfg.steps} steps; raise train.steps with --set train.steps=N to continue")
+
+    order = BatchOrder(len(data[0]), cfg.batch_size, seed)
+    metrics: dict[str, float] = {}
+    loss_value = float("nan")
+    stop = stop or StopFlag()
+
+    def save(step: int) -> None:
+        modules = {"model": model, **({"ema": ema.model} if ema else {}), **(extra or {})}
+        save_train_state(run.checkpoint, optimizer, step)
+        save_checkpoint(run.checkpoint, kind, modules, {**meta, "step": step, "metrics": metrics})
+
+    t0 = time.perf_counter()
+    with stop, Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, open(run.metrics, "a") as log:
+        step = start
+        for step in range(start + 1, cfg.steps + 1):  # step = number of optimizer updates done after this one
+            torch.manual_seed(seed * 1_000_003 + step)
+            rows = order(step - 1)
+            batch = tuple(t[rows].to(device, non_blocking=True) for t in data)
+            lr = lr_at(step - 1, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            model.train()
+            with autocast(device):
+                loss, logs = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise VdError(f"the loss became {loss.item()} at step {step}; lower train.lr (now {cfg.lr:g}) or raise train.warmup_steps")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if ema:
+                ema.update(model, step)
+            loss_value = loss.item()
+            report.update(step, items=len(rows), loss=loss_value)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **logs}) + "\n")
+                log.flush()
+            if evaluate and (step % cfg.eval_every == 0 or step == cfg.steps):
+                eval_model = ema.model if ema else model
+                eval_model.eval()
+                with torch.no_grad(), autocast(device):
+                    metrics = evaluate(eval_model, step)
+                log.write(json.dumps({"step": step, "eval": metrics}) + "\n")
+                log.flush()
+                report.print(f"step {step}: {format_metrics(metrics)}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save(step)
+            if stop.requested:
+                save(step)
+                raise TrainingInterrupted(f"interrupted at step {step}/{cfg.steps}; saved {run.checkpoint}")
+    loss_curve(run.metrics, run.dir / "loss.png")
+    return TrainResult(run, step, time.perf_counter() - t0, loss_value, metrics)
+
+
+def _truncate_metrics(run: Run, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from, so the curve has no doubles."""
+    if not run.metrics.is_file():
+        return
+    keep = [line for line in run.metrics.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    run.metrics.write_text("".join(line + "\n" for line in keep))
