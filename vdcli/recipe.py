@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from vdcli.config import Section
 from vdcli.diffusion import DiffusionConfig
@@ -91,7 +91,12 @@ class DiTSection(DiTConfig):
     arch: Literal["dit"] = "dit"
 
 
-Denoiser = Annotated[Union[UNetSection, DiTSection], Field(discriminator="arch")]
+def _arch(value: Any) -> str:
+    return value.get("arch", "unet") if isinstance(value, dict) else getattr(value, "arch", "unet")
+
+
+# model.arch picks the denoiser; without it, the U-Net.
+Denoiser = Annotated[Union[Annotated[UNetSection, Tag("unet")], Annotated[DiTSection, Tag("dit")]], Discriminator(_arch)]
 
 
 class ViTRecipe(Section):

@@ -90,6 +90,6 @@ def find_checkpoint(arg: str | Path | None, kind: str, root: Path | None = None)
         except VdError:
             continue
     if not found:
-        raise VdError(f"no {KINDS[kind]} run found under {root}/; train one first or pass --checkpoint PATH")
+        raise VdError(f"no run of {KINDS[kind]} found under {root}/; train one first or pass --checkpoint PATH")
     newest = max(found, key=lambda p: p.stat().st_mtime)
     return newest, f"latest {kind} run: {newest}"

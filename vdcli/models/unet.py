@@ -8,6 +8,8 @@ prediction with x_t's shape; what it predicts (ε or v) is the diffusion recipe'
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -27,7 +29,7 @@ class UNetConfig(Section):
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels // 4) or 1, channels)
+    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where the width allows
 
 
 class ResBlock(nn.Module):

@@ -1,0 +1,217 @@
+"""Latent diffusion: train a denoiser on VAE latents, then sample, conditioned on class labels.
+
+``train`` runs both stages when it must: with no VAE checkpoint in the recipe it first trains
+the VAE from the recipe's ``vae:`` section, in ``<run>/vae/``. It then encodes the dataset
+once (the posterior means and log-variances are cached in ``<run>/latents.safetensors``) and
+trains the denoiser on scaled latent samples z = scale_factor · (μ + σ ε).
+
+The LDM checkpoint carries its VAE (under ``vae.``) and everything ``sample`` needs, so it
+works alone. Sampling itself is ``diffusion.sample``: this file only chooses the model_fn,
+the starting noise and what to do after each step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vdcli import images
+from vdcli.checkpoint import Checkpoint, atomic_write, load_checkpoint
+from vdcli.data import load_split, to_uint8
+from vdcli.diffusion import DiffusionConfig, NoiseSchedule, diffusion_loss, guided, sample
+from vdcli.models.dit import DiT, DiTConfig
+from vdcli.models.unet import UNet, UNetConfig
+from vdcli.models.vae import AutoencoderKL
+from vdcli.progress import Reporter
+from vdcli.recipe import LDMRecipe, SampleConfig
+from vdcli.runs import Run, find_checkpoint
+from vdcli.tasks.vae import encode_all, load_vae, train_stage
+from vdcli.tasks.vit import data_spec
+from vdcli.trainer import fit
+
+ARCHS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
+
+
+def build_denoiser(meta: dict) -> nn.Module:
+    cfg = dict(meta["model"])
+    net, config = ARCHS[cfg.pop("arch")]
+    channels, size, _ = meta["latent_shape"]
+    return net(config(**cfg), size, channels, len(meta["data"]["classes"]))
+
+
+@dataclass
+class LDM:
+    """A trained latent diffusion model, ready to sample: denoiser, VAE, schedule, class names."""
+
+    denoiser: nn.Module
+    vae: AutoencoderKL
+    scale_factor: float
+    schedule: NoiseSchedule
+    classes: list[str]
+    latent_shape: tuple[int, int, int]
+    defaults: SampleConfig
+
+    @property
+    def null_class(self) -> int:
+        return len(self.classes)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> uint8 images."""
+        return to_uint8(self.vae.decode(z / self.scale_factor).cpu())
+
+
+def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
+    meta = ckpt.meta
+    denoiser = build_denoiser(meta)
+    denoiser.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
+    vae, scale = load_vae(ckpt, device, prefix="vae")
+    return LDM(denoiser.to(device).eval().requires_grad_(False), vae, scale,
+               NoiseSchedule.from_config(DiffusionConfig(**meta["diffusion"])), meta["data"]["classes"],
+               tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]))
+
+
+# --- vd sample --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(
+    ldm: LDM,
+    labels: torch.Tensor,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    guidance: float = 1.0,
+    generator: torch.Generator | None = None,
+    trajectory: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Images (uint8 [B, C, H, W]) for class ``labels`` (null_class: unconditional).
+
+    With ``trajectory``, also the decoded x̂_0 prediction after every step (uint8, [B, C, H, W] each).
+    """
+    labels = labels.to(ldm.device)
+    noise = torch.randn((len(labels), *ldm.latent_shape), generator=generator).to(ldm.device)  # CPU draw: same on every device
+    frames: list[torch.Tensor] = []
+
+    def record(i, t, x, x0_pred):
+        frames.append(ldm.decode(x0_pred))
+
+    z = sample(guided(ldm.denoiser, labels, guidance, ldm.null_class), noise, ldm.schedule, sampler, steps, eta,
+               generator=generator, callback=record if trajectory else None)
+    return ldm.decode(z), frames
+
+
+def class_grid(ldm: LDM, classes: list[int], per_class: int, seed: int, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """per_class samples of each class, row by row, from a fixed seed."""
+    labels = torch.tensor(classes).repeat_interleave(per_class)
+    return generate(ldm, labels, generator=torch.Generator().manual_seed(seed), **options)
+
+
+def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int, out: Path) -> Path:
+    picture = images.grid(samples, nrow=per_class)
+    return images.save(images.with_row_labels(picture, row_names, picture.height // len(row_names)), out)
+
+
+# --- vd train-ldm -----------------------------------------------------------------------------
+
+
+@dataclass
+class LDMSummary:
+    run: Run
+    loss: float
+    steps: int
+    seconds: float
+    vae_note: str
+    files: list[Path]
+
+
+def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool, say) -> tuple[Checkpoint, str]:
+    """The VAE checkpoint the recipe names, or one trained now from its vae: section."""
+    named = recipe.vae.checkpoint
+    if named and Path(named).exists():
+        path, _ = find_checkpoint(named, "vae")
+        return load_checkpoint(path, "vae"), f"VAE from {path}"
+    stage = Run(run.dir / "vae")
+    done = stage.checkpoint.is_file() and "scale_factor" in load_checkpoint(stage.checkpoint, "vae").meta
+    if not done:
+        why = f"{named} does not exist yet" if named else "the recipe names no VAE checkpoint"
+        say(f"stage 1/2: training the VAE first ({why}) in {stage.dir}")
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        vae_recipe = {"kind": "vae", "data": recipe.data.model_dump(mode="json"), "model": recipe.vae.model.model_dump(),
+                      "train": recipe.vae.train.model_dump()}
+        meta = {"model": recipe.vae.model.model_dump(), "data": data_spec(recipe.data, train_set), "recipe": vae_recipe}
+        summary = train_stage(recipe.vae.model, recipe.vae.train, meta, train_set, test_set, stage, device=device,
+                              resume=resume and stage.checkpoint.is_file(), quiet=quiet)
+        say(f"VAE: test PSNR {summary.psnr:.2f} dB, scale factor {summary.scale_factor:.4f}")
+        say("stage 2/2: training the denoiser on its latents")
+    if named:
+        Path(named).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(stage.checkpoint, named)  # so that the next run of this recipe reuses it
+    return load_checkpoint(stage.checkpoint, "vae"), f"VAE trained in {stage.dir}"
+
+
+def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, logvar) of every training image, computed once per run."""
+    path = run.dir / "latents.safetensors"
+    if path.is_file():
+        cache = load_file(str(path))
+        return cache["mean"], cache["logvar"]
+    mean, logvar = encode_all(vae, train_set, device)
+    atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp)))
+    return mean, logvar
+
+
+def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False, say=print) -> LDMSummary:
+    train_set = load_split(recipe.data, "train", data_root)
+    test_set = load_split(recipe.data, "test", data_root)
+    vae_ckpt, vae_note = first_stage(recipe, run, train_set, test_set, device, resume, quiet, say)
+    vae, scale = load_vae(vae_ckpt, device)
+    mean, logvar = cached_latents(vae, train_set, run, device)
+
+    spec = data_spec(recipe.data, train_set)
+    meta = {
+        "model": recipe.model.model_dump(),
+        "data": spec,
+        "latent_shape": list(vae.latent_shape),
+        "diffusion": recipe.diffusion.model_dump(),
+        "sample": recipe.sample.model_dump(),
+        "vae": {**vae_ckpt.meta, "scale_factor": scale},
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    model = build_denoiser(meta)
+    schedule = NoiseSchedule.from_config(recipe.diffusion)
+    null = len(spec["classes"])
+    cfg = recipe.train
+
+    def loss_fn(model: nn.Module, batch):
+        mean, logvar, y = batch
+        z = scale * (mean + (0.5 * logvar).exp() * torch.randn_like(mean))  # a fresh posterior sample each time
+        drop = torch.rand(y.shape, device=y.device) < cfg.cond_drop_prob
+        y = torch.where(drop, torch.full_like(y, null), y)  # the null class teaches the unconditional model
+        return diffusion_loss(lambda x, t: model(x, t, y), z, schedule, recipe.diffusion.min_snr_gamma), {}
+
+    shown = list(range(min(null, 10)))
+
+    def evaluate(model: nn.Module, step: int) -> dict:
+        t0 = time.perf_counter()
+        ldm = LDM(model, vae, scale, schedule, spec["classes"], vae.latent_shape, recipe.sample)
+        samples, _ = class_grid(ldm, shown, 8, seed=0, sampler=recipe.sample.sampler, steps=recipe.sample.steps,
+                                eta=recipe.sample.eta, guidance=recipe.sample.guidance)
+        save_class_grid(samples, [spec["classes"][c] for c in shown], 8, run.dir / f"samples_{step:06d}.png")
+        return {"sample_seconds": time.perf_counter() - t0}
+
+    result = fit(model, loss_fn, (mean, logvar, train_set.labels), cfg, run, kind="ldm", meta=meta, device=device,
+                 seed=cfg.seed, evaluate=evaluate, extra={"vae": vae}, resume=resume, quiet=quiet)
+    grids = sorted(run.dir.glob("samples_*.png"))
+    files = [run.checkpoint, run.dir / "loss.png", *grids[-1:]]
+    return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files)
