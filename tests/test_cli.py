@@ -143,3 +143,76 @@ def test_train_vae_then_interpolate(tmp_path):
     assert gif.n_frames == 5
     png = Image.open(tmp_path / "i" / "interpolation.png")
     assert png.width > png.height
+
+
+TINY_LDM = [
+    "--set", "data.name=synthetic", "--set", "data.limit=128", "--set", "data.image_size=16",
+    "--set", "vae.model.channels=8", "--set", "vae.train.steps=10", "--set", "vae.train.batch_size=32",
+    "--set", "vae.train.warmup_steps=2", "--set", "vae.train.log_every=5",
+    "--set", "model.channels=16", "--set", "model.blocks_per_level=1",
+    "--set", "train.steps=10", "--set", "train.batch_size=32", "--set", "train.warmup_steps=2",
+    "--set", "train.log_every=5", "--set", "train.eval_every=10", "--set", "sample.steps=4",
+]
+
+
+def test_train_ldm_from_nothing_then_sample_from_the_checkpoint_alone(tmp_path):
+    out = ok("train-ldm", recipe(tmp_path, "l", "ldm"), *TINY_LDM)
+    assert "training the VAE first" in out and "denoiser trained" in out
+    run = Path("runs/l/latest")
+    for name in ("checkpoint.safetensors", "latents.safetensors", "samples_000010.png", "vae/checkpoint.safetensors"):
+        assert (run / name).is_file(), name
+
+    # The checkpoint alone: moved away from its run, with the VAE run deleted.
+    alone = tmp_path / "alone.safetensors"
+    (run / "checkpoint.safetensors").rename(alone)
+    import shutil
+
+    shutil.rmtree(run.resolve())
+    out = ok("sample", "--checkpoint", alone, "--steps", 3, "--class", "disk,0", "--n", 3, "--trajectory",
+             "--out", tmp_path / "s", "--seed", 7)
+    assert "6 images" in out
+    grid = Image.open(tmp_path / "s" / "grid.png")
+    assert grid.height < grid.width  # two rows of three
+    assert sorted(p.name for p in (tmp_path / "s" / "images").iterdir())[:2] == ["disk_0.png", "disk_1.png"]
+    gif = Image.open(tmp_path / "s" / "trajectory.gif")
+    assert 1 < gif.n_frames <= 3  # one frame per step (Pillow merges identical neighbours)
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.tasks.ldm import generate, load_ldm
+
+    _, frames = generate(load_ldm(load_checkpoint(alone), torch.device("cpu")), torch.tensor([0, 1]), steps=3, trajectory=True)
+    assert len(frames) == 3 and frames[0].shape == (2, 1, 16, 16)
+
+    again = tmp_path / "again"
+    ok("sample", "--checkpoint", alone, "--steps", 3, "--class", "disk,0", "--n", 3, "--out", again, "--seed", 7)
+    assert (again / "grid.png").read_bytes() == (tmp_path / "s" / "grid.png").read_bytes()  # same seed, same images
+
+    out = ok("sample", "--checkpoint", alone, "--sampler", "ddpm", "--steps", 5, "--class", "none", "--n", 2, "--out", tmp_path / "u")
+    assert "unconditional" in out and "DDPM 5 steps" in out
+
+    out = ok("inpaint", "synthetic:test:2", "--mask", "box:0,8,16,16", "--checkpoint", alone, "--class", "disk",
+             "--n", 2, "--steps", 4, "--out", tmp_path / "f")
+    assert "filled 128 of 256 pixels 2 ways" in out
+    from vdcli.data import load_input, read_image
+
+    original, _ = load_input("synthetic:test:2", 16, 1)
+    filled = read_image(tmp_path / "f" / "inpaint_0.png")
+    assert torch.equal(filled[:, :8], original[:, :8])  # the kept top half is untouched
+    assert Image.open(tmp_path / "f" / "inpaint.png").width > 4 * 16
+    result = vd("inpaint", "synthetic:test:2", "--mask", "box:0,8", "--checkpoint", alone)
+    assert result.exit_code == 2 and "box:X0,Y0,X1,Y1" in result.output
+
+    out = ok("interpolate", "synthetic:test:0", "synthetic:test:1", "--checkpoint", alone, "--steps", 4, "--frames", 4,
+             "--out", tmp_path / "i")
+    assert "DDIM-4 inversions" in out and Image.open(tmp_path / "i" / "interpolation.gif").n_frames >= 2
+
+
+def test_sample_with_an_unknown_class_names_the_nearest(tmp_path):
+    ok("train-ldm", recipe(tmp_path, "l", "ldm"), *TINY_LDM, "--quiet")
+    result = vd("sample", "--class", "dsk", "--steps", 2)
+    assert result.exit_code == 2 and "did you mean 'disk'" in result.output
+
+
+def test_sample_refuses_a_vit_checkpoint(tmp_path):
+    ok("train-vit", recipe(tmp_path), *TINY_VIT, "--quiet")
+    result = vd("sample", "--checkpoint", "runs/tiny/latest")
+    assert result.exit_code == 2 and "is a ViT classifier" in result.output and "needs a latent diffusion model" in result.output

@@ -6,9 +6,9 @@ stderr and exit code 2 (``vd --debug ...`` shows the traceback); anything else i
 its traceback.
 """
 
-from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import time
@@ -37,7 +37,7 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summa
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Where datasets live (else $VD_DATA_ROOT, else ~/.cache/vd/data).")]
 RunsDir = Annotated[Path, typer.Option("--out", help="Folder that holds the runs (runs/<recipe>/<time>/).")]
-Resume = Annotated[bool, typer.Option(help="Continue the newest run of this recipe from its last checkpoint.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the newest run of this recipe from its last checkpoint.")]
 
 
 def _version(value: bool) -> None:
@@ -55,10 +55,18 @@ def main_options(
         _debug["on"] = True
 
 
+def _unwrap(doc: str) -> str:
+    """Join the lines of each docstring paragraph, so that --help wraps them to the terminal."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 def command(name: str):
     """Register a command whose user errors print as one line and exit 2 (130 when interrupted)."""
 
     def wrap(fn):
+        fn.__doc__ = _unwrap(fn.__doc__)
+
         @functools.wraps(fn)
         def run(*args, **kwargs):
             try:
@@ -108,6 +116,37 @@ def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path):
     return validated, run
 
 
+def train_command(kind: str, name: str, doc: str):
+    """Register ``vd <name> RECIPE``: the same options for every kind; ``report`` prints the summary."""
+    label, example = {"vit": ("A ViT", "mnist_vit.yaml"), "vae": ("A VAE", "mnist_vae.yaml"), "ldm": ("An LDM", "mnist_latent.yaml")}[kind]
+
+    def register(report):
+        def train(
+            recipe: Annotated[Path, typer.Argument(help=f"{label} recipe, e.g. recipes/{example}.", metavar="RECIPE")],
+            set_: Sets = None,
+            resume: Resume = False,
+            out: RunsDir = Path("runs"),
+            device: Device = "auto",
+            seed: Seed = None,
+            data_root: DataRoot = None,
+            quiet: Quiet = False,
+        ) -> None:
+            import importlib
+
+            from vdcli.device import pick_device
+
+            task = importlib.import_module(f"vdcli.tasks.{kind}")
+            validated, run = _prepare(kind, recipe, set_, seed, resume, out)
+            report(task.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet))
+
+        train.__doc__ = doc
+        train.__name__ = f"{kind}_train"
+        command(name)(train)
+        return report
+
+    return register
+
+
 # --- the ViT path ---------------------------------------------------------------------------
 
 
@@ -144,32 +183,17 @@ def patchify_cmd(
     )
 
 
-@command("train-vit")
-def train_vit_cmd(
-    recipe: Annotated[Path, typer.Argument(help="A ViT recipe, e.g. recipes/mnist_vit.yaml.")],
-    set_: Sets = None,
-    resume: Resume = False,
-    out: RunsDir = Path("runs"),
-    device: Device = "auto",
-    seed: Seed = None,
-    data_root: DataRoot = None,
-    quiet: Quiet = False,
-) -> None:
-    """Train a Vision Transformer classifier from a recipe.
+@train_command("vit", "train-vit", """Train a Vision Transformer classifier from a recipe.
 
     Example: [bold]vd train-vit recipes/mnist_vit.yaml --set train.steps=500[/]
 
     Writes runs/<recipe>/<time>/: checkpoint.safetensors, metrics.jsonl, loss.png,
     confusion.png and misclassified.png. Ctrl-C saves a checkpoint; --resume continues.
-    """
-    from vdcli.device import pick_device
-    from vdcli.tasks import vit
-
-    validated, run = _prepare("vit", recipe, set_, seed, resume, out)
-    summary = vit.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet)
+    """)
+def _report_vit(summary) -> None:
     _say(
         f"[bold]test accuracy {summary.accuracy:.2%}[/] after {summary.steps} steps in {_duration(summary.seconds)}",
-        f"wrote {run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+        f"wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
     )
 
 
@@ -210,19 +234,21 @@ def attn_map_cmd(
     if head is not None and not 0 <= head < len(maps.heads):
         raise VdError(f"--head {head}: this ViT has {len(maps.heads)} heads (0..{len(maps.heads) - 1})")
     out.mkdir(parents=True, exist_ok=True)
+    top = int(maps.probs.argmax())
     written, panels = [], [images.enlarge(images.to_pil(pixels).convert("RGB"))]
+    captions = [f"{spec['classes'][top]} ({maps.probs[top]:.0%})"]
     if mode in ("cls", "both"):
         for h in [head] if head is not None else range(len(maps.heads)):
             overlay = images.enlarge(images.heat_overlay(pixels, maps.heads[h]))
             written.append(images.save(overlay, out / f"layer{layer % len(model.blocks)}_head{h}.png"))
             panels.append(overlay)
+            captions.append(f"layer {layer % len(model.blocks)} head {h}")
     if mode in ("rollout", "both"):
         overlay = images.enlarge(images.heat_overlay(pixels, maps.rollout))
         written.append(images.save(overlay, out / "rollout.png"))
         panels.append(overlay)
-    strip = images.hstack(panels)
-    written.append(images.save(strip, out / "attention.png"))
-    top = int(maps.probs.argmax())
+        captions.append(f"rollout ({fusion})")
+    written.append(images.save(images.hstack(panels, captions), out / "attention.png"))
     _say(
         f"using {found}",
         f"{what}: predicted [bold]{spec['classes'][top]}[/] with probability {maps.probs[top]:.1%}",
@@ -233,32 +259,17 @@ def attn_map_cmd(
 # --- the latent space -------------------------------------------------------------------------
 
 
-@command("train-vae")
-def train_vae_cmd(
-    recipe: Annotated[Path, typer.Argument(help="A VAE recipe, e.g. recipes/mnist_vae.yaml.")],
-    set_: Sets = None,
-    resume: Resume = False,
-    out: RunsDir = Path("runs"),
-    device: Device = "auto",
-    seed: Seed = None,
-    data_root: DataRoot = None,
-    quiet: Quiet = False,
-) -> None:
-    """Train the KL-regularised autoencoder that maps images to a small latent grid.
+@train_command("vae", "train-vae", """Train the KL-regularised autoencoder that maps images to a small latent grid.
 
     Example: [bold]vd train-vae recipes/mnist_vae.yaml[/]
 
     Writes runs/<recipe>/<time>/: checkpoint.safetensors (with the latent scale factor),
     reconstructions.png (originals above reconstructions), samples.png (decoded prior samples), loss.png.
-    """
-    from vdcli.device import pick_device
-    from vdcli.tasks import vae
-
-    validated, run = _prepare("vae", recipe, set_, seed, resume, out)
-    summary = vae.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet)
+    """)
+def _report_vae(summary) -> None:
     _say(
         f"[bold]test reconstruction MSE {summary.mse:.5f}, PSNR {summary.psnr:.2f} dB[/]; latent scale factor {summary.scale_factor:.4f}",
-        f"{summary.steps} steps in {_duration(summary.seconds)}; wrote {run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+        f"{summary.steps} steps in {_duration(summary.seconds)}; wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
     )
 
 
@@ -266,9 +277,10 @@ def train_vae_cmd(
 def interpolate_cmd(
     a: Annotated[str, typer.Argument(help="First image: a file or a dataset reference such as mnist:test:3.")],
     b: Annotated[str, typer.Argument(help="Second image.")],
-    checkpoint: Annotated[Optional[str], typer.Option(help="A VAE checkpoint or run folder (default: the newest VAE run).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="A VAE, or an LDM to walk through its noise space via DDIM inversion (default: the newest VAE run).")] = None,
     frames: Annotated[int, typer.Option(help="Frames from A to B, both included.", min=2)] = 10,
-    mode: Annotated[str, typer.Option(help="Latent path: slerp or lerp.")] = "slerp",
+    mode: Annotated[str, typer.Option(help="VAE latent path: slerp or lerp (an LDM's noises are always slerped).")] = "slerp",
+    steps: Annotated[int, typer.Option(help="LDM only: DDIM steps for inversion and decoding.", min=1)] = 50,
     fps: Annotated[float, typer.Option(help="GIF frames per second.", min=0.1)] = 4.0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/interpolate"),
     device: Device = "auto",
@@ -279,58 +291,49 @@ def interpolate_cmd(
     Example: [bold]vd interpolate mnist:test:3 mnist:test:2 --frames 12[/]
 
     Writes interpolation.png (row 1: the pixel blend; row 2: the decoded latent path) and
-    interpolation.gif (both, animated side by side).
+    interpolation.gif (both, animated side by side). With an LDM checkpoint the latent path runs
+    through noise: DDIM inversion of both images, slerp, DDIM decoding.
     """
-    from vdcli.checkpoint import load_checkpoint
+    from vdcli.checkpoint import KINDS, load_checkpoint
     from vdcli.data import load_input
     from vdcli.device import pick_device
     from vdcli.runs import find_checkpoint
-    from vdcli.tasks.vae import interpolate, load_vae, write_interpolation
+    from vdcli.tasks import ldm, vae
 
     if mode not in ("slerp", "lerp"):
         raise VdError(f"--mode {mode}: expected slerp or lerp")
     path, found = find_checkpoint(checkpoint, "vae")
-    ckpt = load_checkpoint(path, "vae")
-    vae, _ = load_vae(ckpt, pick_device(device))
+    ckpt = load_checkpoint(path)
+    if ckpt.kind not in ("vae", "ldm"):
+        raise VdError(f"{path} is {KINDS[ckpt.kind]}, but this command needs {KINDS['vae']} or {KINDS['ldm']}")
     spec = ckpt.meta["data"]
     (xa, what_a), (xb, what_b) = (load_input(x, spec["image_size"], spec["channels"], data_root) for x in (a, b))
-    files = write_interpolation(interpolate(vae, xa, xb, frames, mode), out, fps)
-    _say(f"using {found}", f"{what_a} -> {what_b}: {frames} frames ({mode} in latent space)",
-         f"wrote {', '.join(str(p) for p in files)}")
+    if ckpt.kind == "vae":
+        model, _ = vae.load_vae(ckpt, pick_device(device))
+        result, how = vae.interpolate(model, xa, xb, frames, mode), f"{mode} in the VAE's latent space"
+    else:
+        model = ldm.load_ldm(ckpt, pick_device(device))
+        result, how = ldm.interpolate(model, xa, xb, frames, steps), f"slerp between DDIM-{steps} inversions"
+    files = vae.write_interpolation(result, out, fps)
+    _say(f"using {found}", f"{what_a} -> {what_b}: {frames} frames ({how})", f"wrote {', '.join(str(p) for p in files)}")
 
 
 # --- latent diffusion -------------------------------------------------------------------------
 
 
-@command("train-ldm")
-def train_ldm_cmd(
-    recipe: Annotated[Path, typer.Argument(help="An LDM recipe, e.g. recipes/mnist_latent.yaml.")],
-    set_: Sets = None,
-    resume: Resume = False,
-    out: RunsDir = Path("runs"),
-    device: Device = "auto",
-    seed: Seed = None,
-    data_root: DataRoot = None,
-    quiet: Quiet = False,
-) -> None:
-    """Train a class-conditional latent diffusion model (and its VAE first, if the recipe names none).
+@train_command("ldm", "train-ldm", """Train a class-conditional latent diffusion model (and its VAE first, if the recipe names none).
 
     Example: [bold]vd train-ldm recipes/mnist_latent.yaml[/]  then  [bold]vd sample --steps 50 --sampler ddim[/]
 
     Writes runs/<recipe>/<time>/: checkpoint.safetensors (denoiser, EMA, and its VAE: sample needs
     nothing else), latents.safetensors (the cached encodings), samples_<step>.png (one row per
     class, fixed seed), loss.png, and vae/ when the VAE was trained here.
-    """
-    from vdcli.device import pick_device
-    from vdcli.tasks import ldm
-
-    validated, run = _prepare("ldm", recipe, set_, seed, resume, out)
-    summary = ldm.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet,
-                        say=lambda line: None if quiet else _say(line))
+    """)
+def _report_ldm(summary) -> None:
     _say(
         f"[bold]denoiser trained: {summary.steps} steps in {_duration(summary.seconds)}, final loss {summary.loss:.4f}[/] ({summary.vae_note})",
-        f"wrote {run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
-        f"next: vd sample --checkpoint {run.dir} --class all",
+        f"wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+        f"next: vd sample --checkpoint {summary.run.dir} --class all",
     )
 
 
@@ -344,7 +347,7 @@ def sample_cmd(
     class_: Annotated[str, typer.Option("--class", help="Class index or name, several as 3,7, 'all', or 'none' (unconditional).")] = "all",
     n: Annotated[int, typer.Option("--n", help="Images per class.", min=1)] = 8,
     batch_size: Annotated[int, typer.Option(help="Images denoised at once.", min=1)] = 256,
-    trajectory: Annotated[bool, typer.Option(help="Also write trajectory.gif: the predicted x0 at every step.")] = False,
+    trajectory: Annotated[bool, typer.Option("--trajectory", help="Also write trajectory.gif: the predicted x0 at every step.")] = False,
     seed: Annotated[int, typer.Option(help="Same seed and options, same images.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/sample"),
     device: Device = "auto",
@@ -406,13 +409,72 @@ def sample_cmd(
     if trajectory:
         shown = min(8, n)
         gif = [images.grid(f[:shown], nrow=shown) for f in frames]
-        written.append(images.save_gif(gif, out / "trajectory.gif", fps=max(4.0, len(gif) / 5), hold_ends=4))
+        written.append(images.save_gif(gif, out / "trajectory.gif", fps=max(4.0, len(gif) / 5), hold_ends=1.0))
     _say(
         f"using {found}",
         f"[bold]{len(samples)} images[/] ({', '.join(names)}; {sampler.upper()} {steps} steps, eta {eta:g}, guidance {w:g}, seed {seed}) "
         f"in {_duration(seconds)}, {seconds / len(samples) * 1000:.0f} ms per image",
         "wrote " + ", ".join(str(p) for p in written),
     )
+
+
+@command("inpaint")
+def inpaint_cmd(
+    image: Annotated[str, typer.Argument(help="The image: a file or a dataset reference such as mnist:test:0.")],
+    mask: Annotated[str, typer.Option(help="What to fill: an image file (white = fill, black = keep) or box:X0,Y0,X1,Y1 in pixels.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="An LDM checkpoint or run folder (default: the newest LDM run).")] = None,
+    class_: Annotated[str, typer.Option("--class", help="The class the filled image should be (index or name), or 'none'.")] = "none",
+    n: Annotated[int, typer.Option("--n", help="How many different fillings.", min=1)] = 4,
+    steps: Annotated[int, typer.Option(help="DDIM steps.", min=1)] = 50,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale with --class (default: the recipe's).", min=0.0)] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same fillings.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/inpaint"),
+    device: Device = "auto",
+    data_root: DataRoot = None,
+) -> None:
+    """Fill a masked region of an image so that it fits the rest and the asked class.
+
+    Example: [bold]vd inpaint mnist:test:0 --mask box:0,16,32,32 --class 7 --n 6[/]
+
+    Writes inpaint.png (the image, the masked image, then each filling) and each filling as
+    inpaint_<i>.png. Known pixels are kept exactly.
+    """
+    import torch
+
+    from vdcli import images
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.data import fit_images, load_input, parse_classes, read_image
+    from vdcli.device import pick_device
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks import ldm as tasks
+
+    path, found = find_checkpoint(checkpoint, "ldm")
+    ckpt = load_checkpoint(path, "ldm")
+    model, spec = tasks.load_ldm(ckpt, pick_device(device)), ckpt.meta["data"]
+    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
+    size = spec["image_size"]
+    if mask.startswith("box:"):
+        try:
+            x0, y0, x1, y1 = (int(v) for v in mask[4:].split(","))
+        except ValueError:
+            raise VdError(f"--mask {mask}: a box is box:X0,Y0,X1,Y1 in pixels, e.g. box:0,16,{size},{size}") from None
+        region = torch.zeros(size, size, dtype=torch.bool)
+        region[max(y0, 0) : y1, max(x0, 0) : x1] = True
+    else:
+        region = fit_images(read_image(mask)[None], size, 1)[0, 0] > 127
+    if not region.any():
+        raise VdError(f"--mask {mask} selects no pixel: white (or the box) marks what to fill")
+    unconditional = class_.strip().lower() == "none"
+    label = model.null_class if unconditional else parse_classes(class_, model.classes)[0]
+    w = 1.0 if unconditional else (guidance if guidance is not None else model.defaults.guidance)
+    filled = tasks.inpaint(model, pixels, region, label, n=n, steps=steps, guidance=w, generator=torch.Generator().manual_seed(seed))
+    out.mkdir(parents=True, exist_ok=True)
+    masked = torch.where(region[None], torch.full_like(pixels, 128), pixels)
+    written = [images.save(images.grid(torch.cat([pixels[None], masked[None], filled]), nrow=n + 2), out / "inpaint.png")]
+    written += [images.save(images.to_pil(x), out / f"inpaint_{i}.png") for i, x in enumerate(filled)]
+    _say(f"using {found}", f"{what}: filled {int(region.sum())} of {size * size} pixels {n} ways "
+         f"({'unconditional' if unconditional else model.classes[label]}, DDIM {steps} steps, guidance {w:g})",
+         f"wrote {out}/: inpaint.png, inpaint_0..{n - 1}.png")
 
 
 def main() -> None:

@@ -59,10 +59,11 @@ def save(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def save_gif(frames: list[Image.Image], path: Path, fps: float = 8.0, hold_ends: int = 0) -> Path:
-    """An endlessly looping GIF; ``hold_ends`` repeats the first and last frames so they can be seen."""
-    frames = [frames[0]] * hold_ends + list(frames) + [frames[-1]] * hold_ends
-    duration = max(20, int(1000 / fps))
+def save_gif(frames: list[Image.Image], path: Path, fps: float = 8.0, hold_ends: float = 0.0) -> Path:
+    """An endlessly looping GIF, one frame per picture; the first and last stay ``hold_ends`` s longer."""
+    duration = [max(20, int(1000 / fps))] * len(frames)
+    duration[0] += int(1000 * hold_ends)
+    duration[-1] += int(1000 * hold_ends)
     atomic_write(
         Path(path),
         lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0),
@@ -172,12 +173,17 @@ def _save_fig(fig, out: Path) -> Path:
     return Path(out)
 
 
-def hstack(panels: list[Image.Image], gap: int = 4) -> Image.Image:
-    """Pictures side by side on white, top-aligned."""
+def hstack(panels: list[Image.Image], captions: list[str] | None = None, gap: int = 4) -> Image.Image:
+    """Pictures side by side on white, top-aligned, each with an optional caption underneath."""
+    font = _font(16)
+    below = 24 if captions else 0
     width = sum(p.width for p in panels) + gap * (len(panels) - 1)
-    out = Image.new("RGB", (width, max(p.height for p in panels)), (255, 255, 255))
+    out = Image.new("RGB", (width, max(p.height for p in panels) + below), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
     x = 0
-    for p in panels:
+    for i, p in enumerate(panels):
         out.paste(p.convert("RGB"), (x, 0))
+        if captions:
+            draw.text((x + p.width // 2, p.height + 4), captions[i], fill=(0, 0, 0), font=font, anchor="mt")
         x += p.width + gap
     return out

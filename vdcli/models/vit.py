@@ -1,10 +1,13 @@
 """The Vision Transformer classifier of Dosovitskiy et al. 2021, all of it in this file.
 
 Read top to bottom: ``ViTConfig``, ``Attention``, ``MLP``, ``Block``, ``ViT``, and
-``attention_rollout`` for looking inside a trained model. An image becomes N patch tokens
-(``patches.PatchEmbed``); ``ViT.forward`` prepends the learnable class token, adds the learnable
-position embedding (eq. 1 of the paper), runs pre-norm encoder blocks (eq. 2-3) and classifies
-the class token's final state (eq. 4).
+``attention_rollout`` for looking inside a trained model.
+
+An image becomes N patch tokens (``patches.PatchEmbed``). ``ViT.tokens`` is where the rest of
+the paper's eq. 1 happens: the learnable class token is prepended at position 0 and the learnable
+position embedding (N + 1 vectors, one for the class token) is added. ``ViT.forward`` then runs
+the pre-norm encoder blocks (eq. 2-3), applies the final LayerNorm to the class token's state
+(eq. 4) and classifies it with one linear head.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class ViTConfig(Section):
     patch_size: int = Field(4, gt=0)
     dim: int = Field(128, gt=0)  # token width
     depth: int = Field(6, gt=0)  # encoder blocks
-    heads: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)  # attention heads per block; each works in dim / heads
     mlp_ratio: float = Field(2.0, gt=0)  # MLP hidden width = mlp_ratio * dim
     dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -36,10 +39,11 @@ class ViTConfig(Section):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention. Returns the attention probabilities only when asked.
+    """Multi-head self-attention (Vaswani et al. 2017), returning the probabilities only when asked.
 
-    Without them it calls ``scaled_dot_product_attention`` (fused kernels on GPU); with them it
-    computes softmax(QK^T / sqrt(d)) explicitly. Both paths compute the same function.
+    Without them it calls ``scaled_dot_product_attention`` (fused kernels on GPU, which never
+    materialise the T x T matrix); with them it computes softmax(QK^T / sqrt(d)) explicitly.
+    Both paths compute the same function, and apply dropout to the same probabilities.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0):
@@ -52,17 +56,20 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, need_weights: bool = False):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
+        p_drop = self.dropout if self.training else 0.0
         if need_weights:
-            probs = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, h, T, T)
-            y = F.dropout(probs, self.dropout, self.training) @ v
+            probs = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, h, T, T), rows sum to 1
+            y = F.dropout(probs, p_drop) @ v  # (B, h, T, d)
         else:
             probs = None
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        y = self.proj(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop)  # (B, h, T, d)
+        y = self.proj(y.transpose(1, 2).reshape(B, T, C))  # heads side by side again: (B, T, C)
         return (y, probs) if need_weights else y
 
 
 class MLP(nn.Module):
+    """Linear - GELU - Linear, applied to each token on its own."""
+
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -70,11 +77,11 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(F.gelu(self.fc1(x))))
+        return self.dropout(self.fc2(F.gelu(self.fc1(x))))  # (B, T, hidden) inside, (B, T, dim) out
 
 
 class Block(nn.Module):
-    """Pre-norm encoder block: x + MSA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm encoder block, eq. 2-3: z' = z + MSA(LN(z)); z = z' + MLP(LN(z'))."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float = 0.0):
         super().__init__()
@@ -94,11 +101,14 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
+    """Square images [B, C, S, S] in [-1, 1] -> class logits [B, num_classes]."""
+
     def __init__(self, cfg: ViTConfig, image_size: int, in_channels: int, num_classes: int):
         super().__init__()
         if image_size % cfg.patch_size:
             raise ValueError(f"image size {image_size} is not a multiple of model.patch_size {cfg.patch_size}")
         self.cfg = cfg
+        self.image_size = image_size
         self.grid_size = image_size // cfg.patch_size  # patches per side
         self.num_patches = self.grid_size**2
         self.patch_embed = PatchEmbed(cfg.patch_size, in_channels, cfg.dim)
@@ -107,64 +117,91 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, num_classes)
-        self.apply(_init)
+        # timm's ViT init: small truncated normals keep the initial residual stream near the patch
+        # embedding, so early training is stable without a warm-up of the attention itself.
+        self.apply(_init_linear)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos."""
         x = self.patch_embed(images)  # (B, N, dim)
+        if x.shape[1] != self.num_patches:
+            raise ValueError(
+                f"this ViT was built for {self.image_size}x{self.image_size} images ({self.num_patches} patches), "
+                f"got {images.shape[-2]}x{images.shape[-1]}"
+            )
         cls = self.cls_token.expand(len(x), -1, -1)  # (B, 1, dim)
         return torch.cat([cls, x], dim=1) + self.pos_embed  # (B, 1 + N, dim)
 
-    def forward(self, images: torch.Tensor, return_attention: bool = False):
+    def _encode(self, images: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.tokens(images)
         attentions = []
         for block in self.blocks:
-            if return_attention:
+            if need_weights:
                 x, probs = block(x, need_weights=True)
-                attentions.append(probs)
+                attentions.append(probs)  # (B, heads, 1 + N, 1 + N)
             else:
                 x = block(x)
-        logits = self.head(self.norm(x[:, 0]))  # (B, classes), from the class token
+        return self.norm(x[:, 0]), attentions  # eq. 4: y = LN(z_L^0), the class token's final state (B, dim)
+
+    def forward(self, images: torch.Tensor, return_attention: bool = False):
+        y, attentions = self._encode(images, need_weights=return_attention)
+        logits = self.head(y)  # (B, num_classes)
         return (logits, attentions) if return_attention else logits
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The normed class-token state [B, dim]: the representation the head classifies."""
-        x = self.tokens(images)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x[:, 0])
+        return self._encode(images, need_weights=False)[0]
 
 
-def _init(module: nn.Module) -> None:
+def _init_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 
 
-def attention_rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
-    """Attention rollout (Abnar & Zuidema 2020): how much each output token draws on each input token.
+HEAD_FUSIONS = ("mean", "max", "min")
 
-    Per layer: fuse the heads (mean, max or min), optionally zero the weakest ``discard_ratio``
-    of the weights (the class token's own column is always kept), add the identity for the
-    residual connection, renormalise each row to sum to 1; then multiply the layers together.
-    attentions: per layer [B, h, T, T] -> [B, T, T]. Row 0 is the class token's view.
+
+def attention_rollout(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers").
+
+    How much each output token draws on each input token, through all layers at once.
+    attentions: per layer [B, heads, T, T] (rows sum to 1) -> [B, T, T] (rows sum to 1, float32).
+    Row 0 is the class token's view; its columns 1: are the patch map ``vd attn-map`` draws.
+
+    Per layer l:
+      1. fuse the heads: mean (as in the paper), max or min over heads -> A_l;
+      2. optionally zero the weakest ``discard_ratio`` fraction of A_l's entries, chosen over the
+         whole map but never from the class-token column (see below);
+      3. the residual connection: A_l <- 0.5 A_l + 0.5 I, then renormalise every row to sum to 1;
+    then roll out: R = A_L ... A_2 A_1 (the later layer on the left, as information flows).
+
+    Why the class-token column is kept: many heads park most of their attention on the class
+    token as a near no-op. Were those entries zeroed, renormalising would hand their mass to
+    whichever patches survived and exaggerate them; keeping them leaves the patches' share as it was.
     """
-    fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}[head_fusion]
-    result = None
+    if not attentions:
+        raise ValueError("attention_rollout needs the attention maps of at least one layer")
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}, got {head_fusion!r}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}")
+    rollout = None
     for layer in attentions:
-        a = fuse(layer.float())  # (B, T, T)
+        layer = layer.float()  # a product over many layers: keep it in float32 even for a bf16 model
+        a = layer.mean(1) if head_fusion == "mean" else layer.amax(1) if head_fusion == "max" else layer.amin(1)  # (B, T, T)
+        B, T, _ = a.shape
         if discard_ratio > 0:
-            flat = a.flatten(1)
-            k = int(flat.shape[1] * discard_ratio)
+            patches = a[:, :, 1:].reshape(B, -1)  # (B, T*(T-1)): every entry outside the class-token column
+            k = int(patches.shape[1] * discard_ratio)
             if k:
-                weakest = flat.topk(k, dim=1, largest=False).indices
-                keep_cls = a[:, :, 0].clone()
-                a = flat.scatter(1, weakest, 0.0).view_as(a)
-                a[:, :, 0] = keep_cls
-        eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-        a = 0.5 * a + 0.5 * eye
-        a = a / a.sum(-1, keepdim=True)
-        result = a if result is None else a @ result
-    return result
+                weakest = patches.topk(k, dim=1, largest=False).indices
+                patches = patches.scatter(1, weakest, 0.0)
+            a = torch.cat([a[:, :, :1], patches.view(B, T, T - 1)], dim=2)  # (B, T, T)
+        a = 0.5 * a + 0.5 * torch.eye(T, device=a.device, dtype=a.dtype)
+        a = a / a.sum(-1, keepdim=True)  # never 0: the identity alone gives each row 0.5
+        rollout = a if rollout is None else a @ rollout
+    return rollout

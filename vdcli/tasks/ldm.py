@@ -23,15 +23,15 @@ from torch import nn
 
 from vdcli import images
 from vdcli.checkpoint import Checkpoint, atomic_write, load_checkpoint
-from vdcli.data import load_split, to_uint8
-from vdcli.diffusion import DiffusionConfig, NoiseSchedule, diffusion_loss, guided, sample
+from vdcli.data import load_split, to_float, to_uint8
+from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, timesteps
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL
-from vdcli.progress import Reporter
+from vdcli.progress import console
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run, find_checkpoint
-from vdcli.tasks.vae import encode_all, load_vae, train_stage
+from vdcli.tasks.vae import Interpolation, encode_all, load_vae, train_stage
 from vdcli.tasks.vit import data_spec
 from vdcli.trainer import fit
 
@@ -122,6 +122,64 @@ def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int,
     return images.save(images.with_row_labels(picture, row_names, picture.height // len(row_names)), out)
 
 
+@torch.no_grad()
+def inpaint(
+    ldm: LDM, image: torch.Tensor, mask: torch.Tensor, label: int, *, n: int = 4, steps: int = 50,
+    guidance: float = 1.0, generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fill the masked part of ``image`` (uint8 [C, H, W]; mask bool [H, W], True = fill), n ways.
+
+    Latent RePaint (Lugmayr et al. 2022) with DDIM: after every step, the latent cells that the
+    mask leaves alone are replaced by the encoded image noised to the current level, so the
+    model only ever invents the masked cells, in a way that fits what surrounds them. At the end
+    the known pixels are pasted back exactly.
+    """
+    f = image.shape[-1] // ldm.latent_shape[-1]
+    z_known = ldm.scale_factor * ldm.vae.encode(to_float(image)[None].to(ldm.device))[0]  # (1, c, h, w)
+    # A latent cell is regenerated if any of its f x f pixels is masked.
+    free = torch.nn.functional.max_pool2d(mask[None, None].float(), f).to(ldm.device)  # (1, 1, h, w)
+    ts = timesteps(steps, ldm.schedule.T)
+    labels = torch.full((n,), label, device=ldm.device)
+
+    def keep_known(i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        if t_prev < 0:
+            known = z_known.expand_as(x)
+        else:
+            eps = torch.randn(x.shape, generator=generator).to(x)
+            known = add_noise(ldm.schedule, z_known.expand_as(x), eps, torch.full((n,), t_prev))
+        return free * x + (1 - free) * known
+
+    noise = torch.randn((n, *ldm.latent_shape), generator=generator).to(ldm.device)
+    z = sample(guided(ldm.denoiser, labels, guidance, ldm.null_class), noise, ldm.schedule, "ddim", steps,
+               generator=generator, callback=keep_known)
+    filled = ldm.decode(z)  # (n, C, H, W)
+    return torch.where(mask.cpu()[None, None], filled, image[None])
+
+
+@torch.no_grad()
+def interpolate(ldm: LDM, a: torch.Tensor, b: torch.Tensor, frames: int, steps: int = 50) -> Interpolation:
+    """Walk from image a to b through the diffusion model's noise space.
+
+    Both images are encoded, inverted to noise with deterministic DDIM (η = 0, unconditional),
+    the two noises are slerped (they are Gaussian-like, so slerp keeps their norm), and every
+    point is denoised with the same DDIM run. The ends reproduce a and b up to the VAE's and
+    the inversion's errors; the frames between are images the model finds likely.
+    """
+    xa, xb = to_float(a).to(ldm.device), to_float(b).to(ldm.device)
+    alphas = torch.linspace(0, 1, frames)
+    blend = torch.stack([(1 - t) * xa + t * xb for t in alphas])  # (F, C, H, W)
+    z = ldm.scale_factor * ldm.vae.encode(torch.stack([xa, xb]))[0]  # (2, c, h, w)
+
+    def unconditional(n: int):
+        return guided(ldm.denoiser, torch.full((n,), ldm.null_class, device=ldm.device), 1.0, ldm.null_class)
+
+    noise_a, noise_b = ddim_invert(unconditional(2), z, ldm.schedule, steps)
+    path = torch.stack([slerp(noise_a, noise_b, float(t)) for t in alphas])  # (F, c, h, w)
+    z0 = sample(unconditional(frames), path, ldm.schedule, "ddim", steps, eta=0.0)
+    return Interpolation(to_uint8(blend.cpu()), ldm.decode(z0))
+
+
 # --- vd train-ldm -----------------------------------------------------------------------------
 
 
@@ -135,8 +193,12 @@ class LDMSummary:
     files: list[Path]
 
 
-def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool, say) -> tuple[Checkpoint, str]:
+def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
     """The VAE checkpoint the recipe names, or one trained now from its vae: section."""
+    def say(line: str) -> None:
+        if not quiet:
+            console.print(line, soft_wrap=True)
+
     named = recipe.vae.checkpoint
     if named and Path(named).exists():
         path, _ = find_checkpoint(named, "vae")
@@ -171,10 +233,10 @@ def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[tor
     return mean, logvar
 
 
-def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False, say=print) -> LDMSummary:
+def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> LDMSummary:
     train_set = load_split(recipe.data, "train", data_root)
     test_set = load_split(recipe.data, "test", data_root)
-    vae_ckpt, vae_note = first_stage(recipe, run, train_set, test_set, device, resume, quiet, say)
+    vae_ckpt, vae_note = first_stage(recipe, run, train_set, test_set, device, resume, quiet)
     vae, scale = load_vae(vae_ckpt, device)
     mean, logvar = cached_latents(vae, train_set, run, device)
 

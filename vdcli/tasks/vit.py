@@ -72,7 +72,7 @@ def export_patches(image: torch.Tensor, patch: int, out: Path) -> Patches:
     tiles = to_uint8(seq.view(-1, c, patch, patch))  # (N, C, P, P): the sequence, one tile per token
     per_row = min(len(tiles), max(cols, 16))
     strip = images.grid(tiles, nrow=per_row, pad=1, scale=max(1, 48 // patch), fill=255)
-    labels = [f"{i}-{min(i + per_row, len(tiles)) - 1}" for i in range(0, len(tiles), per_row)]
+    labels = [f"{i}-{min(i + per_row, len(tiles)) - 1}" if i + 1 < len(tiles) else str(i) for i in range(0, len(tiles), per_row)]
     sequence_png = images.save(images.with_row_labels(strip, labels, strip.height // len(labels)), out / "sequence.png")
     return Patches(grid_png, sequence_png, tensor_path, tuple(seq.shape), rows, cols)
 
