@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+# The models in tests are tiny: one thread is fastest, and keeps the suite fast on a busy machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):

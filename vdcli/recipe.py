@@ -37,7 +37,7 @@ class DataConfig(Section):
     image_size: int = Field(28, gt=0)  # smaller datasets are padded to it (28 -> 32), larger ones resized
     channels: Literal[1, 3] | None = None  # None: the dataset's own (1 for MNIST, 3 for CIFAR-10)
     limit: int | None = Field(None, gt=0)  # use at most this many training images (smoke runs)
-    augment: bool = False  # random shifts of up to 2 pixels (classifiers only)
+    shift: int = Field(0, ge=0)  # training images move by up to this many pixels (classifiers only)
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:

@@ -1,9 +1,23 @@
-"""A DiT denoiser (Peebles & Xie 2023): a ViT over latent patches, conditioned by adaptive LayerNorm.
+"""A DiT denoiser (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"), all of it here.
 
-It reuses the ViT's ``Attention`` and ``MLP`` and the same ``PatchEmbed``; what is new is how
-time and class enter. Each block regresses a shift, a scale and a gate for its two branches from
-the condition vector (adaLN-Zero): the gates start at zero, so every block starts as the
-identity and the untrained model predicts zero.
+A ViT over latent patches: the same ``PatchEmbed``, and the ViT's ``Attention`` and ``MLP``
+imported from ``vit.py``. What is new is how time t and class y enter (sec. 3.2, "adaLN-Zero"):
+``ConditionEmbedding`` turns (t, y) into one vector c, and every block regresses from c a shift,
+a scale and a gate for each of its two branches:
+
+    x = x + gate_1 * Attention(LN(x) * (1 + scale_1) + shift_1)
+    x = x + gate_2 * MLP(LN(x) * (1 + scale_2) + shift_2)
+
+with LayerNorms that have no affine parameters of their own (c provides them). The final layer is
+an adaLN LayerNorm (shift, scale) and a linear map back to C*P*P values per patch, unpatchified.
+
+At initialisation the regressions and the final linear are zero (the "-Zero"): every block is the
+identity and the output is exactly zero, so an untrained ε-predictor says "no noise". One
+consequence worth knowing: the first optimiser step can only move the final linear (everything
+upstream is multiplied by its zero weights); the gates and the conditioning receive gradient
+from the second step on.
+
+Same call as the U-Net, ``model(x, t, y)``, so ``model.arch`` can pick either.
 """
 
 from __future__ import annotations
@@ -15,15 +29,15 @@ from torch import nn
 from vdcli.config import Section
 from vdcli.models.embeddings import ConditionEmbedding
 from vdcli.models.patches import PatchEmbed, unpatchify
-from vdcli.models.vit import MLP, Attention
+from vdcli.models.vit import MLP, Attention, trunc_normal_
 
 
 class DiTConfig(Section):
-    patch_size: int = Field(2, gt=0)
-    dim: int = Field(192, gt=0)
-    depth: int = Field(6, gt=0)
+    patch_size: int = Field(2, gt=0)  # on the latent grid: 8x8 latents -> 4x4 = 16 tokens
+    dim: int = Field(192, gt=0)  # token width
+    depth: int = Field(6, gt=0)  # DiT blocks
     heads: int = Field(4, gt=0)
-    mlp_ratio: float = Field(4.0, gt=0)
+    mlp_ratio: float = Field(4.0, gt=0)  # MLP hidden width = mlp_ratio * dim
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> DiTConfig:
@@ -33,48 +47,70 @@ class DiTConfig(Section):
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x [B, T, dim] scaled and shifted per sample by [B, dim]; 1 + scale so that scale = 0 is the identity."""
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
 class DiTBlock(nn.Module):
+    """A pre-norm transformer block whose norms, and residual gates, are set by the condition c."""
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        nn.init.zeros_(self.ada[1].weight)  # adaLN-Zero: gates (and shifts, scales) start at 0
-        nn.init.zeros_(self.ada[1].bias)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # c -> 2 x (shift, scale, gate)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # 6 x (B, dim)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, N, dim)
 
 
 class DiT(nn.Module):
+    """(x_t [B, C, S, S], t [B] int or float, y [B] long in 0..num_classes) -> [B, C, S, S].
+
+    y = num_classes is the null class ("no condition") that classifier-free guidance needs.
+    """
+
     def __init__(self, cfg: DiTConfig, image_size: int, in_channels: int, num_classes: int):
         super().__init__()
         if image_size % cfg.patch_size:
             raise ValueError(f"latent size {image_size} is not a multiple of model.patch_size {cfg.patch_size}")
         self.cfg, self.image_size, self.in_channels = cfg, image_size, in_channels
+        self.num_patches = (image_size // cfg.patch_size) ** 2
         self.patch_embed = PatchEmbed(cfg.patch_size, in_channels, cfg.dim)
-        self.pos_embed = nn.Parameter(torch.randn(1, (image_size // cfg.patch_size) ** 2, cfg.dim) * 0.02)
+        # Learnable like the ViT's, where DiT uses fixed 2-D sin-cos: on latent grids of a few
+        # dozen tokens, learning one vector per position is cheap and needs no extra code.
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.dim))
         self.cond = ConditionEmbedding(num_classes, cfg.dim)
         self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))  # c -> final (shift, scale)
         self.out = nn.Linear(cfg.dim, in_channels * cfg.patch_size**2)
-        for layer in (self.ada[1], self.out):
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # As in the DiT reference code: Xavier-uniform linears and zero biases in the transformer
+        # (the condition embedding keeps its own init, shared with the U-Net), then adaLN-Zero.
+        for module in [self.patch_embed, *self.blocks, self.out]:
+            for layer in module.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.xavier_uniform_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+        trunc_normal_(self.pos_embed)
+        for layer in [*(block.ada[1] for block in self.blocks), self.ada[1], self.out]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"this DiT was built for {self.image_size}x{self.image_size} latents, got {x.shape[-2]}x{x.shape[-1]}")
         c = self.cond(t, y)  # (B, dim)
         h = self.patch_embed(x) + self.pos_embed  # (B, N, dim)
         for block in self.blocks:
             h = block(h, c)
-        shift, scale = self.ada(c).chunk(2, dim=-1)
+        shift, scale = self.ada(c).chunk(2, dim=-1)  # 2 x (B, dim)
         h = self.out(modulate(self.norm(h), shift, scale))  # (B, N, C*P*P)
-        return unpatchify(h, self.cfg.patch_size, self.in_channels, self.image_size, self.image_size)
+        return unpatchify(h, self.cfg.patch_size, self.in_channels, self.image_size, self.image_size)  # (B, C, S, S)

@@ -117,11 +117,11 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, num_classes)
-        # timm's ViT init: small truncated normals keep the initial residual stream near the patch
-        # embedding, so early training is stable without a warm-up of the attention itself.
+        # The usual ViT init (as in timm): small truncated normals, zero biases, so that at the
+        # start every branch adds little to the residual stream and training is stable.
         self.apply(_init_linear)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token)
+        trunc_normal_(self.pos_embed)
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Eq. 1: z_0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos."""
@@ -155,9 +155,18 @@ class ViT(nn.Module):
         return self._encode(images, need_weights=False)[0]
 
 
+def trunc_normal_(tensor: torch.Tensor, std: float = 0.02) -> torch.Tensor:
+    """A normal of standard deviation ``std`` cut off at two standard deviations.
+
+    The trap: ``nn.init.trunc_normal_``'s bounds a, b are absolute values, not multiples of std,
+    so its default of +-2 does not truncate a std-0.02 normal at all.
+    """
+    return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
 def _init_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
+        trunc_normal_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
 
@@ -180,8 +189,8 @@ def attention_rollout(attentions: list[torch.Tensor], head_fusion: str = "mean",
     then roll out: R = A_L ... A_2 A_1 (the later layer on the left, as information flows).
 
     Why the class-token column is kept: many heads park most of their attention on the class
-    token as a near no-op. Were those entries zeroed, renormalising would hand their mass to
-    whichever patches survived and exaggerate them; keeping them leaves the patches' share as it was.
+    token as a near no-op. Were those entries zeroed too, renormalising would hand their mass to
+    whichever patches happened to survive, and the map would exaggerate them.
     """
     if not attentions:
         raise ValueError("attention_rollout needs the attention maps of at least one layer")

@@ -90,11 +90,15 @@ class ViTSummary:
 
 
 def random_shift(x: torch.Tensor, pixels: int) -> torch.Tensor:
-    """Translate each image by up to ``pixels`` in x and y (zero fill): cheap, label-preserving."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pixels,) * 4, value=-1.0)
-    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b)).tolist()
-    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    """Translate each image by up to ``pixels`` in x and y, filling with black: cheap and label-preserving."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pixels,) * 4, value=-1.0)  # (B, C, H + 2p, W + 2p)
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b, 1), device=x.device)
+    rows = (torch.arange(h, device=x.device) + dy)[:, None, :, None]  # (B, 1, H, 1)
+    cols = (torch.arange(w, device=x.device) + dx)[:, None, None, :]  # (B, 1, 1, W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]  # (B, C, H, W)
 
 
 @torch.no_grad()
@@ -116,8 +120,8 @@ def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, 
     def loss_fn(model: ViT, batch):
         x, y = batch
         x = to_float(x)
-        if recipe.data.augment:
-            x = random_shift(x, 2)
+        if recipe.data.shift:
+            x = random_shift(x, recipe.data.shift)
         return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing), {}
 
     def evaluate(model: ViT, step: int) -> dict:
