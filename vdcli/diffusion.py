@@ -1,32 +1,46 @@
 """Diffusion as a small library: noise schedules, the forward process, the loss, and samplers.
 
-Conventions (one place for all of them):
-- Timesteps t = 0 ... T-1. β_t and ᾱ_t = ∏_{s≤t} (1 − β_s) are float64 on the CPU; formulas run
-  in float64 per step and cast back to the tensor's dtype. "After the last step" has ᾱ = 1.
-- The forward process (Ho et al. 2020, eq. 4): q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), so
-  x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε.
-- A network predicts ε (Ho et al. 2020) or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022,
-  sec. 4). ``predict_x0`` and ``predict_eps`` convert either into x̂_0 and ε̂; every sampler
-  uses them, so both parameterisations share one implementation of each update.
+Conventions, in one place:
+
+- Timesteps are t = 0 … T−1. β_t and ᾱ_t = ∏_{s≤t} (1 − β_s) are stored in float64 on the CPU
+  (Ho et al. 2020, "DDPM", sec. 2). "After the last step", t = −1, has ᾱ = 1: the clean data.
+- Precision: per-step coefficients (√ᾱ_t, σ_t, …) are computed in float64 on the CPU, where they
+  cost nothing, then moved to the tensor's device in its working precision (float32, or
+  float64 for float64 tensors, never half); results are cast back to the tensor's dtype.
+- Forward process (DDPM eq. 4): q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), i.e.
+  x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε with ε ~ N(0, I)                                  ``add_noise``
+- The network predicts ε (DDPM eq. 14) or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022,
+  sec. 4 and appendix D). Either output converts to the predicted clean sample and noise:
+      ε-prediction: x̂_0 = (x_t − √(1 − ᾱ_t) ε̂) / √ᾱ_t    (Song et al. 2021, "DDIM", eq. 12)
+      v-prediction: x̂_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v̂,   ε̂ = √(1 − ᾱ_t) x_t + √ᾱ_t v̂
+  ``predict_x0`` and ``predict_eps`` are the only implementation; every sampler calls them.
+- Loss: E_{t, ε} w(t) ‖target − model(x_t, t)‖², t uniform, with min-SNR-γ weights
+  (Hang et al. 2023, sec. 3.4) w(t) = min(SNR(t), γ) / SNR(t) for ε and
+  min(SNR(t), γ) / (SNR(t) + 1) for v, where SNR(t) = ᾱ_t / (1 − ᾱ_t).
 - Samplers take any ``model_fn(x_t, t) -> prediction`` with t a LongTensor [B]; conditioning is
-  closed over by the caller. Classifier-free guidance (Ho & Salimans 2022, eq. 6) is such a
-  model_fn: ``guided(net, y, w, null_class)``.
-- DDPM (Ho et al. 2020, eq. 6-7): the posterior q(x_{t'} | x_t, x̂_0) with mean
-  μ̃ = √ᾱ_{t'} β'_t / (1 − ᾱ_t) x̂_0 + √(1 − β'_t) (1 − ᾱ_{t'}) / (1 − ᾱ_t) x_t and variance
-  β̃_t = (1 − ᾱ_{t'}) / (1 − ᾱ_t) β'_t, where β'_t = 1 − ᾱ_t / ᾱ_{t'} (= β_t for t' = t − 1,
-  so all T steps are exactly eq. 7); no noise at the last step.
-- DDIM (Song et al. 2021, eq. 12): x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ + σ_t z with
-  σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'}) (eq. 16); η = 0 is deterministic, and
-  run backwards it is an inversion (``ddim_invert``). S steps use t_i = i·(T // S), i = S−1 … 0.
-- One loop, ``sample``, serves every command: it can start at any timestep (SDEdit, Meng et al.
-  2022: noise an input to t_start with ``add_noise`` and denoise from there) and calls
-  ``callback(i, t, x, x0_pred)`` after every step; a callback that returns a tensor replaces x
-  (RePaint, Lugmayr et al. 2022: put back the known region, noised to the current level).
+  closed over by the caller, and classifier-free guidance (Ho & Salimans 2022, eq. 6) is just
+  such a model_fn (``guided``).
+- DDPM (DDPM eq. 6-7): x_{t−1} ~ q(x_{t−1} | x_t, x̂_0) = N(μ̃_t, β̃_t I) with
+      μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) x_t,
+      β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) β_t,
+  and no noise at the last step. Between non-adjacent timesteps t > t' the same posterior holds
+  with β_t replaced by 1 − ᾱ_t / ᾱ_{t'}, which is how DDPM runs with fewer than T steps.
+- DDIM (DDIM eq. 12 and 16): from t to the previous timestep t' of the run,
+      x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ + σ_t z,
+      σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'});
+  η = 0 is deterministic, η = 1 is the DDPM posterior above. An S-step run visits
+  t_i = i·(T // S) for i = S−1 … 0 (``timesteps``). With η = 0 the same update run towards
+  more noise inverts the sampler (``ddim_invert``).
+- One loop, ``sample``, serves every command. It can start at any timestep: SDEdit
+  (Meng et al. 2022) noises an input to t_start with ``add_noise`` and denoises from there.
+  After every step it calls ``callback(i, t, x, x0_pred)``; a callback that returns a tensor
+  replaces x, which is how RePaint (Lugmayr et al. 2022) puts back the known region.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -42,156 +56,216 @@ class DiffusionConfig(Section):
     schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
     timesteps: int = Field(1000, ge=2)  # T
     prediction: Literal["eps", "v"] = "eps"
-    min_snr_gamma: float | None = Field(None, gt=0)  # Hang et al. 2023; 5 is their choice
+    min_snr_gamma: float | None = Field(None, gt=0)  # Hang et al. 2023 use γ = 5; None: plain MSE
 
 
 # --- schedules --------------------------------------------------------------------------------
 
 
 def make_betas(schedule: str, T: int) -> torch.Tensor:
-    """β_0 ... β_{T−1} in float64."""
-    if schedule == "linear":  # Ho et al. 2020, sec. 4
+    """β_0 … β_{T−1}, float64."""
+    if schedule == "linear":  # DDPM sec. 4, scaled for T = 1000
         return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-    if schedule == "scaled_linear":  # Rombach et al. 2022 (Stable Diffusion): √β linear
+    if schedule == "scaled_linear":  # Rombach et al. 2022 (Stable Diffusion): √β is linear
         return torch.linspace(0.00085**0.5, 0.012**0.5, T, dtype=torch.float64) ** 2
-    if schedule == "cosine":  # Nichol & Dhariwal 2021, eq. 17: ᾱ_t = f(t) / f(0), s = 0.008
+    if schedule == "cosine":  # Nichol & Dhariwal 2021, eq. 17: ᾱ_t = f(t) / f(0) with t running 1 … T
         s = 0.008
         f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+        # β_t = 1 − ᾱ_t / ᾱ_{t−1}, clipped (their sec. 3.2) so the last steps are not singular
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
     raise ValueError(f"unknown noise schedule {schedule!r}; expected linear, scaled_linear or cosine")
 
 
 class NoiseSchedule:
+    """β_t and ᾱ_t of one schedule, and what the network predicts (ε or v)."""
+
     def __init__(self, schedule: str = "linear", timesteps: int = 1000, prediction: str = "eps"):
-        self.betas = make_betas(schedule, timesteps)
-        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)  # ᾱ_t
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}; expected eps or v")
         self.T = timesteps
         self.prediction = prediction
+        self.betas = make_betas(schedule, timesteps)  # (T,) float64
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, dim=0)  # ᾱ_t, (T,) float64
 
     @classmethod
     def from_config(cls, cfg: DiffusionConfig) -> NoiseSchedule:
         return cls(cfg.schedule, cfg.timesteps, cfg.prediction)
 
-    def alpha_bar(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
-        """ᾱ_t for each t (t < 0 means after the last step: ᾱ = 1), shaped to broadcast over ``like``."""
-        t = torch.as_tensor(t).long().cpu().reshape(-1)
-        a = torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], torch.ones((), dtype=torch.float64))
-        return a.view(-1, *([1] * (like.ndim - 1))).to(like.device)  # float64, (B, 1, 1, 1)
+    def alpha_bar(self, t: torch.Tensor | int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """ᾱ_t for an int or a batch of t (t = −1: after the last step, ᾱ = 1).
 
-    def snr(self, t: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod[t.long().cpu()]
+        float64 (B,) on the CPU; with ``like``, shaped (B, 1, …, 1) to broadcast over it, on its
+        device and in its working precision.
+        """
+        t = torch.as_tensor(t).reshape(-1).long().cpu()
+        a = torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], 1.0)  # (B,)
+        return a if like is None else _per_sample(a, like)
+
+    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """SNR(t) = ᾱ_t / (1 − ᾱ_t), float64 (B,) on the CPU."""
+        a = self.alpha_bar(t)
         return a / (1 - a)
+
+
+def _working_dtype(x: torch.Tensor) -> torch.dtype:
+    # Half-precision x is updated in float32: the x̂_0 conversion divides by √ᾱ_t ≈ 0.006 near t = T.
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _per_sample(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A float64 coefficient, (B,) or (1,), as (B, 1, …, 1) on like's device in its working precision."""
+    return c.to(like.device, _working_dtype(like)).view(-1, *([1] * (like.ndim - 1)))
 
 
 # --- the forward process and what the network learns -------------------------------------------
 
 
-def _f64(x: torch.Tensor) -> torch.Tensor:
-    return x.double()
+def add_noise(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε: a draw from q(x_t | x_0) (DDPM eq. 4)."""
+    a = schedule.alpha_bar(t)
+    return (_per_sample(a.sqrt(), x0) * x0 + _per_sample((1 - a).sqrt(), x0) * eps).to(x0.dtype)
 
 
-def add_noise(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, a draw from q(x_t | x_0)."""
-    a = schedule.alpha_bar(t, x0)
-    return (a.sqrt() * _f64(x0) + (1 - a).sqrt() * _f64(eps)).to(x0.dtype)
-
-
-def target(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """What the network should output: ε, or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0."""
+def target(schedule: NoiseSchedule, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    """What the network should output at x_t = add_noise(x0, eps, t): ε, or v = √ᾱ_t ε − √(1 − ᾱ_t) x_0."""
     if schedule.prediction == "eps":
         return eps
-    a = schedule.alpha_bar(t, x0)
-    return (a.sqrt() * _f64(eps) - (1 - a).sqrt() * _f64(x0)).to(x0.dtype)
+    a = schedule.alpha_bar(t)
+    return (_per_sample(a.sqrt(), x0) * eps - _per_sample((1 - a).sqrt(), x0) * x0).to(x0.dtype)
 
 
-def predict_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """x̂_0 from x_t and the network output (DDIM eq. 12's "predicted x_0")."""
-    a = schedule.alpha_bar(t, x_t)
+def predict_x0(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor | int, output: torch.Tensor,
+               ) -> torch.Tensor:
+    """x̂_0 from x_t and the network's output at t (DDIM eq. 12's "predicted x_0")."""
+    a = schedule.alpha_bar(t)
     if schedule.prediction == "eps":
-        x0 = (_f64(x_t) - (1 - a).sqrt() * _f64(output)) / a.sqrt()
+        x0 = (x_t - _per_sample((1 - a).sqrt(), x_t) * output) / _per_sample(a.sqrt(), x_t)
     else:
-        x0 = a.sqrt() * _f64(x_t) - (1 - a).sqrt() * _f64(output)
+        x0 = _per_sample(a.sqrt(), x_t) * x_t - _per_sample((1 - a).sqrt(), x_t) * output
     return x0.to(x_t.dtype)
 
 
-def predict_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """ε̂ from x_t and the network output."""
+def predict_eps(schedule: NoiseSchedule, x_t: torch.Tensor, t: torch.Tensor | int, output: torch.Tensor,
+                ) -> torch.Tensor:
+    """ε̂ from x_t and the network's output at t."""
     if schedule.prediction == "eps":
         return output
-    a = schedule.alpha_bar(t, x_t)
-    return ((1 - a).sqrt() * _f64(x_t) + a.sqrt() * _f64(output)).to(x_t.dtype)
+    a = schedule.alpha_bar(t)
+    return (_per_sample((1 - a).sqrt(), x_t) * x_t + _per_sample(a.sqrt(), x_t) * output).to(x_t.dtype)
+
+
+def snr_weight(schedule: NoiseSchedule, t: torch.Tensor | int, gamma: float) -> torch.Tensor:
+    """The min-SNR-γ loss weight (Hang et al. 2023), float64 (B,) on the CPU.
+
+    Written for the loss on the network's own output: min(SNR, γ) / SNR for ε and
+    min(SNR, γ) / (SNR + 1) for v, both equal to min(SNR, γ) times the loss on x̂_0.
+    """
+    snr = schedule.snr(t)
+    return snr.clamp(max=gamma) / (snr if schedule.prediction == "eps" else snr + 1)
 
 
 def diffusion_loss(
-    model_fn: ModelFn, x0: torch.Tensor, schedule: NoiseSchedule, min_snr_gamma: float | None = None,
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    schedule: NoiseSchedule,
+    min_snr_gamma: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """E_{t, ε} w(t) ||target − model(x_t, t)||², t uniform in 0 … T−1, ε ~ N(0, I).
+    """The training loss: mean over the batch of w(t) ‖target − model_fn(x_t, t)‖² / dim.
 
-    With min_snr_gamma, w(t) = min(SNR(t), γ) / SNR(t) for ε and min(SNR(t), γ) / (SNR(t) + 1)
-    for v (Hang et al. 2023, eq. 8): the easy, low-noise steps stop dominating the gradient.
+    t ~ U{0 … T−1} and ε ~ N(0, I) per sample, both from ``generator`` when given (drawn on its
+    device, so a CPU generator gives the same draws for a model on any device). w(t) = 1
+    unless ``min_snr_gamma`` is set. Conditioning is closed over: ``lambda x, t: net(x, t, y)``.
     """
-    b = x0.shape[0]
-    t = torch.randint(0, schedule.T, (b,), generator=generator, device=_gen_device(generator)).to(x0.device)
+    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator, device=_generator_device(generator))
     eps = _randn(x0.shape, generator, x0)
-    output = model_fn(add_noise(schedule, x0, eps, t), t)
+    output = model_fn(add_noise(schedule, x0, eps, t), t.to(x0.device))
     per_sample = (output.float() - target(schedule, x0, eps, t).float()).pow(2).flatten(1).mean(1)  # (B,)
-    if min_snr_gamma:
+    if min_snr_gamma is not None:
         per_sample = per_sample * snr_weight(schedule, t, min_snr_gamma).to(per_sample)
     return per_sample.mean()
 
 
-def snr_weight(schedule: NoiseSchedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    snr = schedule.snr(t)
-    clipped = snr.clamp(max=gamma)
-    return clipped / snr if schedule.prediction == "eps" else clipped / (snr + 1)
+# --- one step of each sampler ------------------------------------------------------------------
 
 
-# --- sampling ----------------------------------------------------------------------------------
-
-
-def _gen_device(generator: torch.Generator | None) -> torch.device | None:
+def _generator_device(generator: torch.Generator | None) -> torch.device | None:
     return generator.device if generator is not None else None
 
 
 def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-    """Noise from ``generator`` (drawn on its device, so a CPU generator gives the same numbers on any device)."""
+    """N(0, I) noise on like's device and dtype, drawn on the generator's device: reproducible across devices."""
     device = generator.device if generator is not None else like.device
     return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
 
 
+def ddim_step(
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    t: int,
+    t_prev: int,
+    output: torch.Tensor,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM update from t to t_prev (−1: to the data). Returns (x_{t_prev}, x̂_0).
+
+    With η = 0 nothing requires t_prev < t, so ``ddim_invert`` runs the same update upwards.
+    """
+    a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+    # 1. predicted x_0 and the noise it implies, "predicted x_0" of eq. (12)
+    x0_pred = predict_x0(schedule, x_t, t, output)
+    eps = predict_eps(schedule, x_t, t, output)
+    # 2. σ_t(η) of eq. (16): σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'})
+    #    (written as 0 for η = 0, because the formula is 0/0 when inverting from ᾱ_t = 1)
+    sigma = torch.zeros_like(a_t)
+    if eta > 0:
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()
+    # 3. eq. (12): x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ + σ_t z
+    #    (the clamp matters only for η > 1, where the direction term would turn imaginary)
+    direction = (1 - a_prev - sigma**2).clamp(min=0).sqrt()
+    x_prev = _per_sample(a_prev.sqrt(), x_t) * x0_pred + _per_sample(direction, x_t) * eps
+    if (sigma > 0).any():
+        x_prev = x_prev + _per_sample(sigma, x_t) * _randn(x_t.shape, generator, x_t)
+    return x_prev.to(x_t.dtype), x0_pred
+
+
+def ddpm_step(
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    t: int,
+    t_prev: int,
+    output: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step, a draw from q(x_{t_prev} | x_t, x̂_0) (DDPM eq. 6-7). Returns (x_{t_prev}, x̂_0)."""
+    a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+    beta = 1 - a_t / a_prev  # exactly β_t when t_prev = t − 1; the strided step's β otherwise
+    # 1. predicted x_0
+    x0_pred = predict_x0(schedule, x_t, t, output)
+    # 2. posterior mean, eq. (7): μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) x_t
+    c_x0 = a_prev.sqrt() * beta / (1 - a_t)
+    c_xt = (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)
+    x_prev = _per_sample(c_x0, x_t) * x0_pred + _per_sample(c_xt, x_t) * x_t
+    # 3. posterior variance, eq. (7): β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) β_t, which is 0 at the last step
+    variance = (1 - a_prev) / (1 - a_t) * beta
+    if (variance > 0).any():
+        x_prev = x_prev + _per_sample(variance.sqrt(), x_t) * _randn(x_t.shape, generator, x_t)
+    return x_prev.to(x_t.dtype), x0_pred
+
+
+# --- the sampling loop -------------------------------------------------------------------------
+
+
 def timesteps(steps: int, T: int) -> list[int]:
-    """t_i = i·(T // S) for i = S−1 … 0: the descending timesteps of an S-step run."""
+    """The S = ``steps`` timesteps of a run, descending: t_i = i·(T // S) for i = S−1 … 0."""
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and T = {T}, got {steps}")
     return [i * (T // steps) for i in range(steps - 1, -1, -1)]
 
 
-def ddim_step(schedule, x_t, t, t_prev, output, eta=0.0, generator=None):
-    """One DDIM update from t to t_prev (< 0: to the data). Returns (x_{t_prev}, x̂_0)."""
-    a_t, a_prev = schedule.alpha_bar(t, x_t), schedule.alpha_bar(t_prev, x_t)
-    x0 = predict_x0(schedule, x_t, t, output)
-    eps = predict_eps(schedule, x_t, t, output)
-    sigma = eta * ((1 - a_prev) / (1 - a_t)).sqrt() * (1 - a_t / a_prev).sqrt()  # eq. 16
-    x_prev = a_prev.sqrt() * _f64(x0) + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * _f64(eps)  # eq. 12
-    if eta > 0 and t_prev >= 0:
-        x_prev = x_prev + sigma * _f64(_randn(x_t.shape, generator, x_t))
-    return x_prev.to(x_t.dtype), x0
-
-
-def ddpm_step(schedule, x_t, t, t_prev, output, eta=1.0, generator=None):
-    """One ancestral step: a draw from the posterior q(x_{t_prev} | x_t, x̂_0). Returns (x_{t_prev}, x̂_0)."""
-    a_t, a_prev = schedule.alpha_bar(t, x_t), schedule.alpha_bar(t_prev, x_t)
-    x0 = predict_x0(schedule, x_t, t, output)
-    beta = 1 - a_t / a_prev  # β_t when t_prev = t − 1
-    mean = a_prev.sqrt() * beta / (1 - a_t) * _f64(x0) + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * _f64(x_t)  # eq. 7
-    if t_prev >= 0:
-        variance = (1 - a_prev) / (1 - a_t) * beta  # β̃_t
-        mean = mean + variance.sqrt() * _f64(_randn(x_t.shape, generator, x_t))
-    return mean.to(x_t.dtype), x0
-
-
-STEPS = {"ddim": ddim_step, "ddpm": ddpm_step}
+def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
 
 
 @torch.no_grad()
@@ -199,28 +273,37 @@ def sample(
     model_fn: ModelFn,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    sampler: str = "ddim",
+    sampler: Literal["ddim", "ddpm"] = "ddim",
     steps: int = 50,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     start_t: int | None = None,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Denoise x (pure noise x_T, or with ``start_t`` an input already noised to that level).
+    """Denoise x to a sample of the data: the one sampling loop.
 
-    DDPM with steps = T is Ho et al.'s sampler; with fewer steps it strides like DDIM. After
-    each step, ``callback(i, t, x, x0_pred)`` may return a replacement for x.
+    x is pure noise x_T, treated as the level of the run's first timestep; or, with ``start_t``,
+    an input already noised to that level (SDEdit): the run is then start_t followed by the
+    timesteps of the S-step run below it. DDPM with steps = T is Ho et al.'s sampler; with
+    fewer steps it strides like DDIM (and equals DDIM with η = 1); it ignores ``eta``.
+
+    After step i (from timestep t; i counts from 0 in this run) ``callback(i, t, x, x0_pred)``
+    sees the new x, now at the run's next timestep (clean after the last one), and the x̂_0 it
+    came from; returning a tensor replaces x, returning None keeps it.
     """
-    step = STEPS[sampler]
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"unknown sampler {sampler!r}; expected ddim or ddpm")
+    step = partial(ddim_step, eta=eta) if sampler == "ddim" else ddpm_step
     ts = timesteps(steps, schedule.T)
     if start_t is not None:
-        ts = [t for t in ts if t <= start_t]
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        output = model_fn(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        x, x0 = step(schedule, x, t, t_prev, output, eta=eta, generator=generator)
+        if not 0 <= start_t < schedule.T:
+            raise ValueError(f"start_t must be between 0 and T − 1 = {schedule.T - 1}, got {start_t}")
+        ts = [start_t] + [t for t in ts if t < start_t]
+    for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
+        output = model_fn(x, _batch_t(t, x))
+        x, x0_pred = step(schedule, x, t, t_prev, output, generator=generator)
         if callback is not None:
-            replaced = callback(i, t, x, x0)
+            replaced = callback(i, t, x, x0_pred)
             if replaced is not None:
                 x = replaced
     return x
@@ -228,48 +311,56 @@ def sample(
 
 @torch.no_grad()
 def ddim_invert(model_fn: ModelFn, x0: torch.Tensor, schedule: NoiseSchedule, steps: int = 50) -> torch.Tensor:
-    """Run DDIM (η = 0) backwards, from data x_0 to noise x_T, along the timesteps of ``sample``.
+    """Deterministic DDIM (η = 0) run backwards, from data x_0 to the noise x_T that ``sample``
+    with the same steps maps back to (nearly) x_0.
 
-    Each step from t to the next, noisier t' uses ε̂ = ε(x_t, t') in place of the unknown
-    ε(x_{t'}, t'); the error shrinks with the step size, and sampling with the same steps
-    brings x_T back to (nearly) x_0.
+    The step from t up to t' needs the prediction at (x_t, t'), where x_{t'} is not known yet,
+    so the network is asked at (x_t, t') instead: a first-order error that shrinks with the step
+    size. (At t = −1, the data, there is no network output to use instead.)
     """
-    ts = timesteps(steps, schedule.T)[::-1]
-    x, t = x0, -1
-    for t_next in ts:
-        output = model_fn(x, torch.full((x.shape[0],), t_next, device=x.device, dtype=torch.long))
-        eps = predict_eps(schedule, x, t_next, output)
-        a_t, a_next = schedule.alpha_bar(t, x), schedule.alpha_bar(t_next, x)
-        x0_pred = (_f64(x) - (1 - a_t).sqrt() * _f64(eps)) / a_t.sqrt()
-        x = (a_next.sqrt() * x0_pred + (1 - a_next).sqrt() * _f64(eps)).to(x0.dtype)  # eq. 12 with σ = 0
-        t = t_next
+    ts = [-1] + timesteps(steps, schedule.T)[::-1]  # ascending: the data, then the run's timesteps
+    x = x0
+    for t, t_next in zip(ts, ts[1:]):
+        x, _ = ddim_step(schedule, x, t, t_next, model_fn(x, _batch_t(t_next, x)))
     return x
 
 
-def guided(net, y: torch.Tensor, w: float, null_class: int) -> ModelFn:
-    """Classifier-free guidance: out = out_uncond + w (out_cond − out_uncond), in one batched call.
+# --- building blocks for model_fn and for walks through noise ----------------------------------
 
-    ``net(x, t, y)`` is the conditional network; class ``null_class`` is "no condition". w = 1 is
-    the plain conditional model (and skips the unconditional half); labels equal to null_class
-    are unconditional whatever w is.
+
+def guided(net: Callable, y: torch.Tensor, w: float, null_class: int) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a model_fn, in one batched call.
+
+    out = out_uncond + w (out_cond − out_uncond), where ``net(x, t, y)`` is the conditional
+    network and the label ``null_class`` means "no condition" (the label dropped in training).
+    Applied to the raw output, which is right for ε and v alike: both are linear in it.
+    w = 1 is exactly the conditional model and skips the unconditional half; w = 0 is the
+    unconditional model.
     """
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if w == 1.0:
             return net(x, t, y)
         null = torch.full_like(y, null_class)
-        cond, uncond = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, ...)
+        cond, uncond = both.chunk(2)  # (B, ...) each
         return uncond + w * (cond - uncond)
 
     return model_fn
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Spherical interpolation between two tensors (as flat vectors); lerp when they are parallel."""
-    fa, fb = a.flatten().double(), b.flatten().double()
-    cos = (fa @ fb / (fa.norm() * fb.norm() + 1e-12)).clamp(-1, 1)
-    theta = torch.arccos(cos)
-    if theta.abs() < 1e-4:
+    """Spherical interpolation from a (alpha = 0) to b (alpha = 1), each taken as one flat vector.
+
+    Between two Gaussian noises it keeps the norm a sampler expects, where lerp would shrink it
+    in the middle. Falls back to lerp when a and b are (nearly) parallel.
+    """
+    dtype = _working_dtype(a)
+    fa, fb = a.flatten().to(dtype), b.flatten().to(dtype)
+    ua, ub = fa / fa.norm(), fb / fb.norm()
+    # θ = 2·atan2(‖û_a − û_b‖, ‖û_a + û_b‖) is accurate at every angle; arccos(cos θ) is not near 0.
+    theta = 2 * torch.atan2((ua - ub).norm(), (ua + ub).norm())
+    if theta < 1e-4:
         return torch.lerp(a, b, alpha)
     out = (torch.sin((1 - alpha) * theta) * fa + torch.sin(alpha * theta) * fb) / torch.sin(theta)
     return out.view_as(a).to(a.dtype)

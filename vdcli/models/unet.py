@@ -1,9 +1,23 @@
 """A U-Net denoiser for latent grids (Ho et al. 2020; Rombach et al. 2022), all of it in this file.
 
 Read top to bottom: ``UNetConfig``, ``ResBlock`` (where time and class enter), ``SelfAttention``
-(at the low resolutions), ``UNet``. The network maps a noisy latent x_t, its timestep t and a
-class label y (``num_classes`` is the null label used for classifier-free guidance) to a
-prediction with x_t's shape; what it predicts (ε or v) is the diffusion recipe's business.
+(at the low resolutions), ``Layer`` (the two together), ``Downsample`` / ``Upsample``, ``UNet``.
+
+The network maps a noisy input x_t [B, C, H, W], its timestep t [B] and a class label y [B]
+(label ``num_classes`` is the null label that classifier-free guidance needs) to a prediction
+with x_t's shape; whether that is ε or v is the diffusion recipe's business, not the model's.
+
+Its shape: ``channel_mult`` lists the levels, level 0 at the input resolution and each later
+one at half the resolution of the one before. Going down, every layer's output is kept; going
+up, every layer concatenates one of them (the skip connections), last kept, first used. In
+between, at the lowest resolution, a middle block: residual block, self-attention, residual
+block. Time and class enter every residual block as a per-channel scale and shift of its
+normalised features (the "AdaGN" of Dhariwal & Nichol 2021).
+
+At initialisation the last conv of every residual block, the output projection of every
+attention and the final conv are all zero (as in Ho et al.'s code): each block starts as the
+identity and the untrained network predicts exactly 0. One consequence: the first optimiser
+step can move only the final conv; everything else receives gradient from the second on.
 """
 
 from __future__ import annotations
@@ -12,7 +26,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
 from vdcli.config import Section
@@ -21,19 +35,44 @@ from vdcli.models.embeddings import ConditionEmbedding
 
 class UNetConfig(Section):
     channels: int = Field(64, gt=0)  # width at the input resolution
-    channel_mult: list[int] = [1, 2]  # width multiplier per level; each level after the first halves the resolution
-    blocks_per_level: int = Field(2, gt=0)
-    attention_levels: list[int] = [1]  # levels (0 = input resolution) with self-attention
-    heads: int = Field(4, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    channel_mult: list[PositiveInt] = Field([1, 2], min_length=1)  # width multiplier per level; [1, 2] on 8x8 latents: 8x8 and 4x4
+    blocks_per_level: int = Field(2, gt=0)  # residual blocks per level going down (one more going up)
+    attention_levels: list[NonNegativeInt] | None = None  # levels with self-attention; None: the lowest resolution only
+    heads: int = Field(4, gt=0)  # attention heads, in every attention layer
+    dropout: float = Field(0.0, ge=0, lt=1)  # inside the residual blocks
+
+    @model_validator(mode="after")
+    def _levels_and_heads_fit(self) -> UNetConfig:
+        levels = len(self.channel_mult)
+        missing = sorted(i for i in self.attention_levels or [] if i >= levels)
+        if missing:
+            raise ValueError(f"model.attention_levels {missing} do not exist: model.channel_mult {self.channel_mult} "
+                             f"has {levels} level(s), numbered 0 to {levels - 1}")
+        attended = {self.channels * self.channel_mult[i] for i in self.attended_levels() | {levels - 1}}  # + the middle
+        if any(w % self.heads for w in attended):
+            raise ValueError(f"model.heads ({self.heads}) must divide the width of every level with attention, "
+                             f"model.channels * model.channel_mult: {sorted(attended)}")
+        return self
+
+    def attended_levels(self) -> set[int]:
+        """The levels whose layers have self-attention (the middle block always has it)."""
+        if self.attention_levels is None:
+            return {len(self.channel_mult) - 1}
+        return set(self.attention_levels)
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where the width allows
+    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups (Wu & He 2018) where the width allows
+
+
+def _zero(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
 
 
 class ResBlock(nn.Module):
-    """Norm-SiLU-conv twice; the condition vector sets a per-channel scale and shift in between."""
+    """Norm-SiLU-conv twice, plus the input; the condition sets a per-channel scale and shift in between."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
         super().__init__()
@@ -42,106 +81,126 @@ class ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = _norm(cout)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity: stable deep training
-        nn.init.zeros_(self.conv2.bias)
+        self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))  # the block starts as the identity
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, cout, 1, 1) each
-        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, cout, H, W)
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # (B, cout, 1, 1) each
+        h = self.norm2(h) * (1 + scale) + shift  # 1 + scale: a zero scale leaves the features alone
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the positions of a feature map, with a residual."""
+    """Multi-head self-attention among the H*W positions of a feature map, plus the input."""
 
     def __init__(self, channels: int, heads: int):
         super().__init__()
         self.heads = heads
         self.norm = _norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W)  # (B, 3, h, d, HW)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # 3 x (B, h, HW, d)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, h, HW, d)
-        return x + self.proj(y.transpose(-1, -2).reshape(B, C, H, W))
+        qkv = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W)  # (B, 3, nh, hs, HW)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # 3 x (B, nh, HW, hs)
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs); fused kernels on GPU
+        return x + self.proj(y.transpose(-1, -2).reshape(B, C, H, W))  # heads side by side again
 
 
-class Level(nn.Module):
-    """The residual blocks (and attention) of one resolution."""
+class Layer(nn.Module):
+    """A residual block, then self-attention if its level has any: one skip connection's worth."""
 
-    def __init__(self, cins: list[int], cout: int, emb_dim: int, attention: bool, heads: int, dropout: float):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, heads: int | None):
         super().__init__()
-        self.blocks = nn.ModuleList(ResBlock(c, cout, emb_dim, dropout) for c in cins)
-        self.attns = nn.ModuleList(SelfAttention(cout, heads) if attention else nn.Identity() for _ in cins)
+        self.block = ResBlock(cin, cout, emb_dim, dropout)
+        self.attn = SelfAttention(cout, heads) if heads else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.attn(self.block(x, emb))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)  # (B, C, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour doubling, then a conv: no checkerboard artefacts of transposed convs."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))  # (B, C, 2H, 2W)
 
 
 class UNet(nn.Module):
+    """(x_t [B, C, S, S], t [B], y [B]) -> [B, C, S, S]."""
+
     def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, num_classes: int):
         super().__init__()
         levels = len(cfg.channel_mult)
         if image_size % 2 ** (levels - 1):
-            raise ValueError(f"a {image_size}x{image_size} input cannot be halved {levels - 1} times (model.channel_mult has {levels} levels)")
+            raise ValueError(f"a {image_size}x{image_size} input cannot be halved {levels - 1} times "
+                             f"(model.channel_mult has {levels} levels); use fewer levels or a larger input")
         self.cfg = cfg
-        emb_dim = 4 * cfg.channels
+        emb_dim = 4 * cfg.channels  # as in Ho et al.
         widths = [cfg.channels * m for m in cfg.channel_mult]
+        attended = cfg.attended_levels()
+
+        def make_layer(cin: int, cout: int, level: int) -> Layer:
+            return Layer(cin, cout, emb_dim, cfg.dropout, cfg.heads if level in attended else None)
+
         self.cond = ConditionEmbedding(num_classes, emb_dim)
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
 
-        # Down path: remember every output for the skip connections.
-        self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-        skips, c = [widths[0]], widths[0]
+        # Down: every output, conv_in's included, is a skip; note their widths for the up path.
+        self.down = nn.ModuleList()
+        c = widths[0]
+        skips = [c]
         for i, w in enumerate(widths):
-            cins = [c] + [w] * (cfg.blocks_per_level - 1)
-            self.down.append(Level(cins, w, emb_dim, i in cfg.attention_levels, cfg.heads, cfg.dropout))
-            skips += [w] * cfg.blocks_per_level
-            c = w
-            last = i == levels - 1
-            self.downsample.append(nn.Identity() if last else nn.Conv2d(c, c, 3, stride=2, padding=1))
-            if not last:
+            for _ in range(cfg.blocks_per_level):
+                self.down.append(make_layer(c, w, i))
+                c = w
+                skips.append(c)
+            if i < levels - 1:
+                self.down.append(Downsample(c))
                 skips.append(c)
 
-        self.mid1 = ResBlock(c, c, emb_dim, cfg.dropout)
-        self.mid_attn = SelfAttention(c, cfg.heads)
-        self.mid2 = ResBlock(c, c, emb_dim, cfg.dropout)
+        # The middle always attends, whatever attention_levels says: at the lowest resolution it is cheap.
+        self.mid1 = Layer(c, c, emb_dim, cfg.dropout, cfg.heads)
+        self.mid2 = Layer(c, c, emb_dim, cfg.dropout, None)
 
-        # Up path: one more block per level than down, each eating one skip.
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        # Up: one layer more per level than down, so that every skip is used exactly once.
+        self.up = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
-            cins = []
             for _ in range(cfg.blocks_per_level + 1):
-                cins.append(c + skips.pop())
+                self.up.append(make_layer(c + skips.pop(), w, i))
                 c = w
-            self.up.append(Level(cins, w, emb_dim, i in cfg.attention_levels, cfg.heads, cfg.dropout))
-            self.upsample.append(nn.Identity() if i == 0 else nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
+            if i > 0:
+                self.up.append(Upsample(c))
 
         self.norm_out = _norm(c)
-        self.conv_out = nn.Conv2d(c, in_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # predicts 0 at initialisation
-        nn.init.zeros_(self.conv_out.bias)
+        self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))  # the untrained model predicts 0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        emb = self.cond(t, y)  # (B, emb_dim)
-        h = self.conv_in(x)
+        """x [B, C, H, W]; t [B] integer or fractional timesteps; y [B] labels in 0..num_classes (the null)."""
+        # Ho et al. apply this SiLU in every block, before its projection of emb: the same function, computed once.
+        emb = F.silu(self.cond(t, y))  # (B, emb_dim)
+        h = self.conv_in(x)  # (B, widths[0], H, W)
         skips = [h]
-        for level, down in zip(self.down, self.downsample):
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(h, emb))
-                skips.append(h)
-            if not isinstance(down, nn.Identity):
-                h = down(h)  # (B, C, H/2, W/2)
-                skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for level, up in zip(self.up, self.upsample):
-            for block, attn in zip(level.blocks, level.attns):
-                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
-            h = up(h)  # (B, C, 2H, 2W)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        for layer in self.down:
+            h = layer(h) if isinstance(layer, Downsample) else layer(h, emb)
+            skips.append(h)
+        h = self.mid2(self.mid1(h, emb), emb)  # (B, widths[-1], H / 2^(levels-1), W / 2^(levels-1))
+        for layer in self.up:
+            h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)
