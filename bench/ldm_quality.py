@@ -27,12 +27,14 @@ from vdcli.runs import find_checkpoint
 from vdcli.tasks.ldm import class_grid, load_ldm, save_class_grid
 from vdcli.tasks.vit import load_vit
 
-HERE = Path(__file__).parent
+HERE = Path(os.path.relpath(Path(__file__).parent))  # relative, so that the recorded command reads as typed
 SETTINGS = {  # name: (sampler, steps, eta)
     "ddim-10": ("ddim", 10, 0.0),
     "ddim-20": ("ddim", 20, 0.0),
     "ddim-50": ("ddim", 50, 0.0),
     "ddim-100": ("ddim", 100, 0.0),
+    "ddim-50-eta0.5": ("ddim", 50, 0.5),
+    "ddim-50-eta1": ("ddim", 50, 1.0),
     "ddpm-1000": ("ddpm", 1000, 1.0),
 }
 
@@ -95,6 +97,7 @@ def main() -> None:
         row = {
             "bench": "ldm_quality",
             "setting": name,
+            "per_class": args.per_class,
             "guidance": guidance,
             "images": len(samples),
             "agreement": round((preds == asked).float().mean().item(), 4),

@@ -21,7 +21,7 @@ import torch
 
 from vdcli.checkpoint import load_checkpoint
 
-HERE = Path(__file__).parent
+HERE = Path(os.path.relpath(Path(__file__).parent))  # relative, so that the recorded command reads as typed
 
 
 def main(kind: str, recipe: str, *extra: str) -> None:
