@@ -76,8 +76,10 @@ def test_recipe_of_another_kind_names_the_right_command(tmp_path):
     assert "vd train-ldm" in error_of(write(tmp_path, "kind: ldm\n"), "vit")
 
 
-def test_missing_recipe_file_is_an_error_not_a_traceback(tmp_path):
-    assert "not found" in error_of(tmp_path / "nope.yaml", "vit")
+def test_missing_recipe_file_names_a_shipped_recipe(tmp_path):
+    message = error_of(tmp_path / "nope.yaml", "ldm")
+    assert "not found" in message and "recipes/mnist_latent.yaml" in message
+    assert (RECIPES.parent / "recipes" / "mnist_latent.yaml").is_file()
 
 
 def test_invalid_yaml_names_the_line(tmp_path):

@@ -21,6 +21,7 @@ from vdcli.errors import VdError
 from vdcli.recipe import DataConfig
 
 TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+LAYOUT = {"mnist": "MNIST/raw/", "fashion-mnist": "FashionMNIST/raw/", "cifar10": "cifar-10-batches-py/"}  # what torchvision looks for
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -101,10 +102,9 @@ def _torchvision(name: str, split: str, root: Path) -> ImageSet:
     try:
         ds = cls(root=str(root), train=split == "train", download=True)
     except Exception as e:  # torchvision raises RuntimeError, URLError, OSError ... when offline
-        folder = root / TORCHVISION[name]
         raise VdError(
-            f"{name} is not in {folder} and could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-            f"point --data-root or VD_DATA_ROOT at a folder that holds {TORCHVISION[name]}/raw/ (or {TORCHVISION[name]}/ for CIFAR-10)"
+            f"{name} is not in {root / LAYOUT[name]} and could not be downloaded ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+            f"point --data-root or VD_DATA_ROOT at a folder that holds {LAYOUT[name]}"
         ) from None
     data = torch.as_tensor(ds.data)
     images = data.unsqueeze(1) if data.ndim == 3 else data.permute(0, 3, 1, 2)  # (N, C, H, W)

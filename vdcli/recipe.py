@@ -133,6 +133,7 @@ class LDMRecipe(Section):
 
 RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe}
 COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm"}
+SHIPPED = {"vit": "recipes/mnist_vit.yaml", "vae": "recipes/mnist_vae.yaml", "ldm": "recipes/mnist_latent.yaml"}
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def load_recipe(path: str | Path, kind: str, overrides: list[str] = ()) -> Secti
     path = Path(path)
     if not path.is_file():
         hint = " (it is a folder)" if path.is_dir() else ""
-        raise VdError(f"recipe {path} not found{hint}; the shipped recipes are in recipes/, e.g. recipes/mnist_{kind}.yaml")
+        raise VdError(f"recipe {path} not found{hint}; the shipped recipes are in recipes/, e.g. {SHIPPED[kind]}")
     text = path.read_text()
     try:
         raw = yaml.safe_load(text)
