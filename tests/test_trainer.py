@@ -110,3 +110,23 @@ def test_asking_for_cuda_without_one_is_a_user_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(VdError, match="no CUDA device"):
         pick_device("cuda")
+
+
+def test_a_real_sigint_saves_a_checkpoint_before_stopping(tmp_path):
+    import os
+    import signal
+
+    calls = [0]
+
+    def interrupted_loss(model, batch):
+        calls[0] += 1
+        if calls[0] == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during step 4
+        return loss_fn(model, batch)
+
+    cfg = TrainConfig(steps=20, batch_size=16, warmup_steps=2, log_every=5, checkpoint_every=10)
+    run = new_run(tmp_path / "runs", "sig")
+    with pytest.raises(TrainingInterrupted, match="step 4/20"):
+        fit(make_model(), interrupted_loss, problem(), cfg, run, kind="vit", meta={}, device=CPU, quiet=True)
+    assert load_checkpoint(run.checkpoint).meta["step"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
