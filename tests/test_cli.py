@@ -3,14 +3,13 @@
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from vdcli.cli import app
-from vdcli.data import synthetic_shapes, to_float
+from vdcli.data import to_float
 from vdcli.models.patches import patchify
 
 runner = CliRunner()

@@ -389,11 +389,11 @@ def sample_cmd(
 
     with Reporter(len(labels), title="sample", every=batch_size) as report:
         for i in range(0, len(labels), batch_size):
-            images_, steps_ = tasks.generate(model, labels[i : i + batch_size], sampler=sampler, steps=steps, eta=eta,
-                                             guidance=w, generator=generator, trajectory=trajectory and i == 0)
-            samples.append(images_)
-            frames = frames or steps_
-            report.update(min(i + batch_size, len(labels)), items=len(images_))
+            batch, batch_frames = tasks.generate(model, labels[i : i + batch_size], sampler=sampler, steps=steps, eta=eta,
+                                                 guidance=w, generator=generator, trajectory=trajectory and i == 0)
+            samples.append(batch)
+            frames = frames or batch_frames  # the trajectory of the first batch
+            report.update(min(i + batch_size, len(labels)), items=len(batch))
     samples = torch.cat(samples)
     seconds = time.perf_counter() - t0
 

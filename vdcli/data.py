@@ -35,6 +35,11 @@ class ImageSet:
         return len(self.labels)
 
 
+def data_spec(cfg: DataConfig, data: ImageSet) -> dict:
+    """What a checkpoint must know of its data to be used alone: size, channels, class names."""
+    return {"name": cfg.name, "image_size": cfg.image_size, "channels": data.images.shape[1], "classes": data.classes}
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1]."""
     return images.float() / 127.5 - 1.0

@@ -23,7 +23,7 @@ from torch import nn
 
 from vdcli import images
 from vdcli.checkpoint import Checkpoint, atomic_write, load_checkpoint
-from vdcli.data import load_split, to_float, to_uint8
+from vdcli.data import data_spec, load_split, to_float, to_uint8
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, timesteps
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
@@ -32,7 +32,6 @@ from vdcli.progress import console
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run, find_checkpoint
 from vdcli.tasks.vae import Interpolation, encode_all, load_vae, train_stage
-from vdcli.tasks.vit import data_spec
 from vdcli.trainer import fit
 
 ARCHS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}

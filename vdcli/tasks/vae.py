@@ -15,12 +15,11 @@ import torch
 
 from vdcli import images
 from vdcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from vdcli.data import ImageSet, load_split, to_float, to_uint8
+from vdcli.data import ImageSet, data_spec, load_split, to_float, to_uint8
 from vdcli.diffusion import slerp
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.recipe import VAERecipe
 from vdcli.runs import Run
-from vdcli.tasks.vit import data_spec
 from vdcli.trainer import fit
 
 

@@ -15,18 +15,13 @@ from safetensors.torch import save_file
 
 from vdcli import images
 from vdcli.checkpoint import Checkpoint, atomic_write, load_checkpoint
-from vdcli.data import ImageSet, load_split, to_float, to_uint8
+from vdcli.data import ImageSet, data_spec, load_split, to_float, to_uint8
 from vdcli.errors import VdError
 from vdcli.models.patches import patchify
 from vdcli.models.vit import ViT, ViTConfig, attention_rollout
-from vdcli.recipe import DataConfig, ViTRecipe
+from vdcli.recipe import ViTRecipe
 from vdcli.runs import Run
 from vdcli.trainer import fit
-
-
-def data_spec(cfg: DataConfig, data: ImageSet) -> dict:
-    """What a checkpoint must know about its data to be used alone: size, channels, class names."""
-    return {"name": cfg.name, "image_size": cfg.image_size, "channels": data.images.shape[1], "classes": data.classes}
 
 
 def build_vit(meta: dict) -> ViT:
