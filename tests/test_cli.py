@@ -199,6 +199,8 @@ def test_train_ldm_from_nothing_then_sample_from_the_checkpoint_alone(tmp_path):
     assert Image.open(tmp_path / "f" / "inpaint.png").width > 4 * 16
     result = vd("inpaint", "synthetic:test:2", "--mask", "box:0,8", "--checkpoint", alone)
     assert result.exit_code == 2 and "box:X0,Y0,X1,Y1" in result.output
+    result = vd("inpaint", "synthetic:test:2", "--mask", "box:0,8,16,16", "--checkpoint", alone, "--class", "0,1")
+    assert result.exit_code == 2 and "one class" in result.output
 
     out = ok("interpolate", "synthetic:test:0", "synthetic:test:1", "--checkpoint", alone, "--steps", 4, "--frames", 4,
              "--out", tmp_path / "i")

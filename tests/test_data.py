@@ -71,3 +71,25 @@ def test_classes_by_name_index_list_or_all():
     assert parse_classes("0,two", classes) == [0, 2] and parse_classes("all", classes) == [0, 1, 2]
     with pytest.raises(VdError, match="did you mean 'two'"):
         parse_classes("tow", classes)
+
+
+def test_a_dataset_reference_without_a_size_keeps_its_native_size():
+    image, _ = load_input("synthetic:test:0", None, None)
+    assert image.shape == (1, 28, 28)
+
+
+def test_an_image_file_without_a_size_is_left_as_it_is(tmp_path):
+    Image.new("RGB", (48, 32)).save(tmp_path / "x.png")
+    image, _ = load_input(str(tmp_path / "x.png"), None, None)
+    assert image.shape == (3, 32, 48)
+
+
+def test_mask_from_a_box_or_from_an_image(tmp_path):
+    from vdcli.data import read_mask
+
+    box = read_mask("box:0,4,8,8", 8)
+    assert box[4:].all() and not box[:4].any()
+    Image.fromarray((box.numpy() * 255).astype("uint8")).save(tmp_path / "m.png")
+    assert torch.equal(read_mask(str(tmp_path / "m.png"), 8), box)
+    with pytest.raises(VdError, match="box:X0,Y0,X1,Y1"):
+        read_mask("box:1,2", 8)

@@ -130,3 +130,8 @@ def test_a_real_sigint_saves_a_checkpoint_before_stopping(tmp_path):
         fit(make_model(), interrupted_loss, problem(), cfg, run, kind="vit", meta={}, device=CPU, quiet=True)
     assert load_checkpoint(run.checkpoint).meta["step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+def test_ctrl_c_during_the_last_step_just_finishes_the_run(tmp_path):
+    _, result = train(tmp_path, "a", steps=10, stop_at=10)  # no TrainingInterrupted
+    assert result.step == 10 and load_checkpoint(result.run.checkpoint).meta["step"] == 10

@@ -71,6 +71,11 @@ def command(name: str):
         def run(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
+            except KeyboardInterrupt:  # outside a training loop (which saves first): nothing to lose
+                if _debug["on"]:
+                    raise
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(130)
             except VdError as e:
                 if _debug["on"]:
                     raise
@@ -165,15 +170,10 @@ def patchify_cmd(
     Writes grid.png (patch grid, each patch numbered), sequence.png (the patches in the order the
     encoder reads them) and patches.safetensors ([N, C*P*P], values in [-1, 1]).
     """
-    from vdcli.data import fit_images, load_input, read_image
+    from vdcli.data import load_input
     from vdcli.tasks.vit import export_patches
 
-    if ":" in image and not Path(image).exists():
-        pixels, _ = load_input(image, size or 28, None, data_root)
-    else:
-        pixels = read_image(image)
-        if size:
-            pixels = fit_images(pixels[None], size, None)[0]
+    pixels, _ = load_input(image, size, None, data_root)
     result = export_patches(pixels, patch, out)
     c, h, w = pixels.shape
     _say(
@@ -362,7 +362,6 @@ def sample_cmd(
     import torch
 
     from vdcli.checkpoint import load_checkpoint
-    from vdcli.data import parse_classes
     from vdcli.device import pick_device
     from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm as tasks
@@ -375,26 +374,12 @@ def sample_cmd(
     steps = steps or (model.defaults.steps if sampler == "ddim" else model.schedule.T)
     if steps > model.schedule.T:
         raise VdError(f"--steps {steps}: this model was trained with T = {model.schedule.T} timesteps; use at most {model.schedule.T}")
-    unconditional = class_.strip().lower() == "none"
-    classes = [model.null_class] if unconditional else parse_classes(class_, model.classes)
-    names = ["unconditional"] if unconditional else [model.classes[c] for c in classes]
-    w = 1.0 if unconditional else (guidance if guidance is not None else model.defaults.guidance)
+    classes, names, w = tasks.condition(model, class_, guidance)
     eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 1.0)
-
     t0 = time.perf_counter()
-    labels = torch.tensor(classes).repeat_interleave(n)
-    generator = torch.Generator().manual_seed(seed)
-    samples, frames = [], []
-    from vdcli.progress import Reporter
-
-    with Reporter(len(labels), title="sample", every=batch_size) as report:
-        for i in range(0, len(labels), batch_size):
-            batch, batch_frames = tasks.generate(model, labels[i : i + batch_size], sampler=sampler, steps=steps, eta=eta,
-                                                 guidance=w, generator=generator, trajectory=trajectory and i == 0)
-            samples.append(batch)
-            frames = frames or batch_frames  # the trajectory of the first batch
-            report.update(min(i + batch_size, len(labels)), items=len(batch))
-    samples = torch.cat(samples)
+    samples, frames = tasks.generate_batched(model, torch.tensor(classes).repeat_interleave(n), batch_size,
+                                             generator=torch.Generator().manual_seed(seed), trajectory=trajectory,
+                                             sampler=sampler, steps=steps, eta=eta, guidance=w)
     seconds = time.perf_counter() - t0
 
     from vdcli import images
@@ -443,7 +428,7 @@ def inpaint_cmd(
 
     from vdcli import images
     from vdcli.checkpoint import load_checkpoint
-    from vdcli.data import fit_images, load_input, parse_classes, read_image
+    from vdcli.data import load_input, read_mask
     from vdcli.device import pick_device
     from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm as tasks
@@ -453,27 +438,17 @@ def inpaint_cmd(
     model, spec = tasks.load_ldm(ckpt, pick_device(device)), ckpt.meta["data"]
     pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
     size = spec["image_size"]
-    if mask.startswith("box:"):
-        try:
-            x0, y0, x1, y1 = (int(v) for v in mask[4:].split(","))
-        except ValueError:
-            raise VdError(f"--mask {mask}: a box is box:X0,Y0,X1,Y1 in pixels, e.g. box:0,16,{size},{size}") from None
-        region = torch.zeros(size, size, dtype=torch.bool)
-        region[max(y0, 0) : y1, max(x0, 0) : x1] = True
-    else:
-        region = fit_images(read_image(mask)[None], size, 1)[0, 0] > 127
+    region = read_mask(mask, size)
     if not region.any():
         raise VdError(f"--mask {mask} selects no pixel: white (or the box) marks what to fill")
-    unconditional = class_.strip().lower() == "none"
-    label = model.null_class if unconditional else parse_classes(class_, model.classes)[0]
-    w = 1.0 if unconditional else (guidance if guidance is not None else model.defaults.guidance)
+    (label,), (name,), w = tasks.condition(model, class_, guidance, single=True)
     filled = tasks.inpaint(model, pixels, region, label, n=n, steps=steps, guidance=w, generator=torch.Generator().manual_seed(seed))
     out.mkdir(parents=True, exist_ok=True)
     masked = torch.where(region[None], torch.full_like(pixels, 128), pixels)
     written = [images.save(images.grid(torch.cat([pixels[None], masked[None], filled]), nrow=n + 2), out / "inpaint.png")]
     written += [images.save(images.to_pil(x), out / f"inpaint_{i}.png") for i, x in enumerate(filled)]
     _say(f"using {found}", f"{what}: filled {int(region.sum())} of {size * size} pixels {n} ways "
-         f"({'unconditional' if unconditional else model.classes[label]}, DDIM {steps} steps, guidance {w:g})",
+         f"({name}, DDIM {steps} steps, guidance {w:g})",
          f"wrote {out}/: inpaint.png, inpaint_0..{n - 1}.png")
 
 

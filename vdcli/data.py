@@ -22,6 +22,7 @@ from vdcli.recipe import DataConfig
 
 TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 LAYOUT = {"mnist": "MNIST/raw/", "fashion-mnist": "FashionMNIST/raw/", "cifar10": "cifar-10-batches-py/"}  # what torchvision looks for
+NATIVE_SIZE = {"mnist": 28, "fashion-mnist": 28, "cifar10": 32, "synthetic": 28}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -167,21 +168,36 @@ def read_image(path: str | Path) -> torch.Tensor:
 _REF = re.compile(r"^(mnist|fashion-mnist|cifar10|synthetic):(train|test):(\d+)$")
 
 
-def load_input(ref: str, image_size: int, channels: int, root: str | Path | None = None) -> tuple[torch.Tensor, str]:
+def load_input(ref: str, image_size: int | None, channels: int | None, root: str | Path | None = None) -> tuple[torch.Tensor, str]:
     """An image file or a dataset reference such as ``mnist:test:42``, fitted like training data.
 
-    Returns (uint8 [C, H, W], a short description for summaries).
+    image_size None keeps the image's own size (a dataset's native size). Returns (uint8 [C, H, W], a short description).
     """
     match = _REF.match(ref)
     if match:
         name, split, index = match.group(1), match.group(2), int(match.group(3))
-        data = load_split(DataConfig(name=name, image_size=image_size, channels=channels), split, root)
+        size = image_size or NATIVE_SIZE[name]
+        data = load_split(DataConfig(name=name, image_size=size, channels=channels), split, root)
         if index >= len(data):
             raise VdError(f"{ref}: the {name} {split} split has {len(data)} images (0..{len(data) - 1})")
         return data.images[index], f"{ref} (label {data.classes[data.labels[index]]})"
-    if ":" in ref and not Path(ref).exists() and ref.split(":")[0] in TORCHVISION | {"synthetic": 0}:
+    if ref.split(":")[0] in NATIVE_SIZE and not Path(ref).exists():
         raise VdError(f"{ref}: a dataset reference looks like mnist:test:42 (dataset:split:index)")
-    return fit_images(read_image(ref)[None], image_size, channels)[0], ref
+    image = read_image(ref)
+    return (fit_images(image[None], image_size, channels)[0] if image_size else image), ref
+
+
+def read_mask(spec: str, size: int) -> torch.Tensor:
+    """bool [size, size], True where to fill: from a mask image (white = fill) or ``box:X0,Y0,X1,Y1``."""
+    if not spec.startswith("box:"):
+        return fit_images(read_image(spec)[None], size, 1)[0, 0] > 127
+    try:
+        x0, y0, x1, y1 = (int(v) for v in spec[4:].split(","))
+    except ValueError:
+        raise VdError(f"--mask {spec}: a box is box:X0,Y0,X1,Y1 in pixels, e.g. box:0,{size // 2},{size},{size}") from None
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[max(y0, 0) : y1, max(x0, 0) : x1] = True
+    return mask
 
 
 def parse_classes(spec: str, classes: list[str]) -> list[int]:

@@ -185,15 +185,10 @@ def _apply_override(raw: dict, item: str) -> tuple[str, ...]:
     keys = tuple(key.strip().split("."))
     node = raw
     for k in keys[:-1]:
-        child = node.get(k)
+        child = node.get(k) or {}
         if not isinstance(child, dict):
-            child = {} if child is None else child
-            if not isinstance(child, dict):
-                raise VdError(f"--set {item}: {k} is a value, not a section")
-            node[k] = child = dict(child)
-        else:
-            node[k] = child = dict(child)  # copy: never modify the caller's dict
-        node = child
+            raise VdError(f"--set {item}: {k} is a value, not a section")
+        node[k] = node = dict(child)  # a copy: the caller's dict is never modified
     try:
         node[keys[-1]] = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:

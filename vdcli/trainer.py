@@ -44,6 +44,7 @@ class TrainingInterrupted(VdError):
 @dataclass
 class TrainResult:
     run: Run
+    model: nn.Module  # what was evaluated and what commands use: the EMA model when there is one
     step: int
     seconds: float
     loss: float
@@ -205,11 +206,12 @@ def fit(
                 report.print(f"step {step}: {format_metrics(metrics)}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
-            if stop.requested:
+            if stop.requested and step < cfg.steps:  # at the last step the run is complete anyway
                 save(step)
                 raise TrainingInterrupted(f"interrupted at step {step}/{cfg.steps}; saved {run.checkpoint}")
     loss_curve(run.metrics, run.dir / "loss.png")
-    return TrainResult(run, step, time.perf_counter() - t0, loss_value, metrics)
+    final = (ema.model if ema else model).eval()
+    return TrainResult(run, final, step, time.perf_counter() - t0, loss_value, metrics)
 
 
 def _truncate_metrics(run: Run, step: int) -> None:

@@ -23,12 +23,13 @@ from torch import nn
 
 from vdcli import images
 from vdcli.checkpoint import Checkpoint, atomic_write, load_checkpoint
-from vdcli.data import data_spec, load_split, to_float, to_uint8
+from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
+from vdcli.errors import VdError
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, timesteps
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL
-from vdcli.progress import console
+from vdcli.progress import Reporter, console
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run, find_checkpoint
 from vdcli.tasks.vae import Interpolation, encode_all, load_vae, train_stage
@@ -108,6 +109,33 @@ def generate(
     z = sample(guided(ldm.denoiser, labels, guidance, ldm.null_class), noise, ldm.schedule, sampler, steps, eta,
                generator=generator, callback=record if trajectory else None)
     return ldm.decode(z), frames
+
+
+def condition(ldm: LDM, spec: str, guidance: float | None, single: bool = False) -> tuple[list[int], list[str], float]:
+    """(labels, their names, guidance w) for a --class option: '7', 'seven', '3,7', 'all' or 'none'.
+
+    'none' is the null class, sampled without guidance; otherwise w defaults to the recipe's.
+    """
+    if spec.strip().lower() == "none":
+        return [ldm.null_class], ["unconditional"], 1.0
+    labels = parse_classes(spec, ldm.classes)
+    if single and len(labels) > 1:
+        raise VdError(f"--class {spec}: give one class here")
+    return labels, [ldm.classes[c] for c in labels], ldm.defaults.guidance if guidance is None else guidance
+
+
+def generate_batched(ldm: LDM, labels: torch.Tensor, batch_size: int, *, generator: torch.Generator,
+                     trajectory: bool = False, quiet: bool = False, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``generate`` in batches of ``batch_size``, with progress; the trajectory is the first batch's."""
+    samples, frames = [], []
+    with Reporter(len(labels), title="sample", every=batch_size, quiet=quiet) as report:
+        for i in range(0, len(labels), batch_size):
+            batch, batch_frames = generate(ldm, labels[i : i + batch_size], generator=generator,
+                                           trajectory=trajectory and i == 0, **options)
+            samples.append(batch)
+            frames = frames or batch_frames
+            report.update(min(i + batch_size, len(labels)), items=len(batch))
+    return torch.cat(samples), frames
 
 
 def class_grid(ldm: LDM, classes: list[int], per_class: int, seed: int, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:

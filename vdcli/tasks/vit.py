@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from vdcli import images
-from vdcli.checkpoint import Checkpoint, atomic_write, load_checkpoint
+from vdcli.checkpoint import Checkpoint, atomic_write
 from vdcli.data import ImageSet, data_spec, load_split, to_float, to_uint8
 from vdcli.errors import VdError
 from vdcli.models.patches import patchify
@@ -125,9 +125,7 @@ def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, 
     result = fit(model, loss_fn, (train_set.images, train_set.labels), cfg, run, kind="vit", meta=meta,
                  device=device, seed=cfg.seed, evaluate=evaluate, resume=resume, quiet=quiet)
 
-    final = build_vit(meta)
-    final.load_state_dict(load_checkpoint(run.checkpoint, "vit").weights("ema" if cfg.ema_decay else "model"))
-    pred = predict(final.to(device), test_set, device)
+    pred = predict(result.model, test_set, device)
     n = len(spec["classes"])
     confusion = torch.bincount(test_set.labels * n + pred, minlength=n * n).view(n, n)
     files = [run.checkpoint, images.confusion_matrix_image(confusion, spec["classes"], run.dir / "confusion.png")]
