@@ -1,0 +1,145 @@
+"""The ``vd`` application: the Typer app, how a command reports user errors, and what every
+command shares (the training-command factory, printing). Command modules register on ``app``.
+"""
+
+import functools
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vdcli import __version__
+from vdcli.cli.options import DataRoot, Device, Quiet, Resume, RunsDir, Seed, Sets
+from vdcli.errors import VdError
+
+app = typer.Typer(
+    name="vd",
+    help="Vision transformers and latent diffusion: patchify, train, look inside, sample.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+_debug = {"on": bool(os.environ.get("VD_DEBUG"))}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"vd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of user errors too.")] = False,
+) -> None:
+    if debug:
+        _debug["on"] = True
+
+
+def _unwrap(doc: str) -> str:
+    """Join the lines of each docstring paragraph, so that --help wraps them to the terminal."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def command(name: str):
+    """Register a command whose user errors print as one line and exit 2 (130 when interrupted)."""
+
+    def wrap(fn):
+        fn.__doc__ = _unwrap(fn.__doc__)
+
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:  # outside a training loop (which saves first): nothing to lose
+                if _debug["on"]:
+                    raise
+                typer.echo("interrupted", err=True)
+                raise typer.Exit(130)
+            except VdError as e:
+                if _debug["on"]:
+                    raise
+                from vdcli.progress import console
+                from vdcli.trainer import TrainingInterrupted
+
+                err = console.__class__(stderr=True, highlight=False)
+                if isinstance(e, TrainingInterrupted):
+                    err.print(f"[yellow]{e}[/]; continue with: vd {' '.join(sys.argv[1:])} --resume", soft_wrap=True)
+                    raise typer.Exit(130)
+                err.print(f"[red]error:[/] {e}", soft_wrap=True, markup=True)
+                raise typer.Exit(2)
+
+        return app.command(name)(run)
+
+    return wrap
+
+
+def say(*lines: str) -> None:
+    from vdcli.progress import console
+
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
+def duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path):
+    from vdcli.recipe import load_recipe, recipe_to_yaml
+    from vdcli.runs import last_run, new_run
+
+    overrides = list(sets or []) + ([f"train.seed={seed}"] if seed is not None else [])
+    if resume:
+        run = last_run(out, recipe.stem)
+        validated = load_recipe(run.recipe, kind, overrides)
+    else:
+        validated = load_recipe(recipe, kind, overrides)
+        run = new_run(out, recipe.stem)
+    run.recipe.write_text(recipe_to_yaml(validated))
+    return validated, run
+
+
+def train_command(kind: str, name: str, doc: str):
+    """Register ``vd <name> RECIPE``: the same options for every kind; ``report`` prints the summary."""
+    label, example = {"vit": ("A ViT", "mnist_vit.yaml"), "vae": ("A VAE", "mnist_vae.yaml"), "ldm": ("An LDM", "mnist_latent.yaml")}[kind]
+
+    def register(report):
+        def train(
+            recipe: Annotated[Path, typer.Argument(help=f"{label} recipe, e.g. recipes/{example}.", metavar="RECIPE")],
+            set_: Sets = None,
+            resume: Resume = False,
+            out: RunsDir = Path("runs"),
+            device: Device = "auto",
+            seed: Seed = None,
+            data_root: DataRoot = None,
+            quiet: Quiet = False,
+        ) -> None:
+            import importlib
+
+            from vdcli.device import pick_device
+
+            task = importlib.import_module(f"vdcli.tasks.{kind}")
+            validated, run = _prepare(kind, recipe, set_, seed, resume, out)
+            report(task.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet))
+
+        train.__doc__ = doc
+        train.__name__ = f"{kind}_train"
+        command(name)(train)
+        return report
+
+    return register
+
+
+# --- the ViT path ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    app()

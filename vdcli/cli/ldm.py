@@ -1,0 +1,143 @@
+"""The latent diffusion commands: ``vd train-ldm``, ``vd sample``, ``vd inpaint``."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vdcli.cli.app import command, duration, say, train_command
+from vdcli.cli.options import DataRoot, Device
+from vdcli.errors import VdError
+
+
+@train_command("ldm", "train-ldm", """Train a class-conditional latent diffusion model (and its VAE first, if the recipe names none).
+
+    Example: [bold]vd train-ldm recipes/mnist_latent.yaml[/]  then  [bold]vd sample --steps 50 --sampler ddim[/]
+
+    Writes runs/<recipe>/<time>/: checkpoint.safetensors (denoiser, EMA, and its VAE: sample needs
+    nothing else), latents.safetensors (the cached encodings), samples_<step>.png (one row per
+    class, fixed seed), loss.png, and vae/ when the VAE was trained here.
+    """)
+def _report_ldm(summary) -> None:
+    say(
+        f"[bold]denoiser trained: {summary.steps} steps in {duration(summary.seconds)}, final loss {summary.loss:.4f}[/] ({summary.vae_note})",
+        f"wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+        f"next: vd sample --checkpoint {summary.run.dir} --class all",
+    )
+
+
+@command("sample")
+def sample_cmd(
+    checkpoint: Annotated[Optional[str], typer.Option(help="An LDM checkpoint or run folder (default: the newest LDM run).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="ddim or ddpm (default: the recipe's, ddim).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the recipe's for DDIM, all T for DDPM).", min=1)] = None,
+    eta: Annotated[Optional[float], typer.Option(help="DDIM noise: 0 is deterministic, 1 is DDPM-like.", min=0.0)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale w; 1 turns it off (default: the recipe's).", min=0.0)] = None,
+    class_: Annotated[str, typer.Option("--class", help="Class index or name, several as 3,7, 'all', or 'none' (unconditional).")] = "all",
+    n: Annotated[int, typer.Option("--n", help="Images per class.", min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(help="Images denoised at once.", min=1)] = 256,
+    trajectory: Annotated[bool, typer.Option("--trajectory", help="Also write trajectory.gif: the predicted x0 at every step.")] = False,
+    seed: Annotated[int, typer.Option(help="Same seed and options, same images.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/sample"),
+    device: Device = "auto",
+) -> None:
+    """Generate images with the DDIM or DDPM sampler from a trained latent diffusion model.
+
+    Example: [bold]vd sample --steps 50 --sampler ddim --class seven --n 16[/]
+
+    Writes grid.png (one row per class), every image as images/<class>_<i>.png, and with
+    --trajectory an animated GIF of the denoising.
+    """
+    import torch
+
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.device import pick_device
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks import ldm as tasks
+
+    path, found = find_checkpoint(checkpoint, "ldm")
+    model = tasks.load_ldm(load_checkpoint(path, "ldm"), pick_device(device))
+    sampler = sampler or model.defaults.sampler
+    if sampler not in ("ddim", "ddpm"):
+        raise VdError(f"--sampler {sampler}: expected ddim or ddpm")
+    steps = steps or (model.defaults.steps if sampler == "ddim" else model.schedule.T)
+    if steps > model.schedule.T:
+        raise VdError(f"--steps {steps}: this model was trained with T = {model.schedule.T} timesteps; use at most {model.schedule.T}")
+    classes, names, w = tasks.condition(model, class_, guidance)
+    eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 1.0)
+    t0 = time.perf_counter()
+    samples, frames = tasks.generate_batched(model, torch.tensor(classes).repeat_interleave(n), batch_size,
+                                             generator=torch.Generator().manual_seed(seed), trajectory=trajectory,
+                                             sampler=sampler, steps=steps, eta=eta, guidance=w)
+    seconds = time.perf_counter() - t0
+
+    from vdcli import images
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [tasks.save_class_grid(samples, names, n, out / "grid.png")]
+    (out / "images").mkdir(exist_ok=True)
+    for k, image in enumerate(samples):
+        name = names[k // n].replace("/", "-").replace(" ", "_")
+        images.save(images.to_pil(image), out / "images" / f"{name}_{k % n}.png")
+    written.append(out / "images")
+    if trajectory:
+        shown = min(8, n)
+        gif = [images.grid(f[:shown], nrow=shown) for f in frames]
+        written.append(images.save_gif(gif, out / "trajectory.gif", fps=max(4.0, len(gif) / 5), hold_ends=1.0))
+    say(
+        f"using {found}",
+        f"[bold]{len(samples)} images[/] ({', '.join(names)}; {sampler.upper()} {steps} steps, eta {eta:g}, guidance {w:g}, seed {seed}) "
+        f"in {duration(seconds)}, {seconds / len(samples) * 1000:.0f} ms per image",
+        "wrote " + ", ".join(str(p) for p in written),
+    )
+
+
+@command("inpaint")
+def inpaint_cmd(
+    image: Annotated[str, typer.Argument(help="The image: a file or a dataset reference such as mnist:test:0.")],
+    mask: Annotated[str, typer.Option(help="What to fill: an image file (white = fill, black = keep) or box:X0,Y0,X1,Y1 in pixels.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="An LDM checkpoint or run folder (default: the newest LDM run).")] = None,
+    class_: Annotated[str, typer.Option("--class", help="The class the filled image should be (index or name), or 'none'.")] = "none",
+    n: Annotated[int, typer.Option("--n", help="How many different fillings.", min=1)] = 4,
+    steps: Annotated[int, typer.Option(help="DDIM steps.", min=1)] = 50,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale with --class (default: the recipe's).", min=0.0)] = None,
+    seed: Annotated[int, typer.Option(help="Same seed, same fillings.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/inpaint"),
+    device: Device = "auto",
+    data_root: DataRoot = None,
+) -> None:
+    """Fill a masked region of an image so that it fits the rest and the asked class.
+
+    Example: [bold]vd inpaint mnist:test:0 --mask box:0,16,32,32 --class 7 --n 6[/]
+
+    Writes inpaint.png (the image, the masked image, then each filling) and each filling as
+    inpaint_<i>.png. Known pixels are kept exactly.
+    """
+    import torch
+
+    from vdcli import images
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.data import load_input, read_mask
+    from vdcli.device import pick_device
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks import ldm as tasks
+
+    path, found = find_checkpoint(checkpoint, "ldm")
+    ckpt = load_checkpoint(path, "ldm")
+    model, spec = tasks.load_ldm(ckpt, pick_device(device)), ckpt.meta["data"]
+    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
+    size = spec["image_size"]
+    region = read_mask(mask, size)
+    if not region.any():
+        raise VdError(f"--mask {mask} selects no pixel: white (or the box) marks what to fill")
+    (label,), (name,), w = tasks.condition(model, class_, guidance, single=True)
+    filled = tasks.inpaint(model, pixels, region, label, n=n, steps=steps, guidance=w, generator=torch.Generator().manual_seed(seed))
+    out.mkdir(parents=True, exist_ok=True)
+    masked = torch.where(region[None], torch.full_like(pixels, 128), pixels)
+    written = [images.save(images.grid(torch.cat([pixels[None], masked[None], filled]), nrow=n + 2), out / "inpaint.png")]
+    written += [images.save(images.to_pil(x), out / f"inpaint_{i}.png") for i, x in enumerate(filled)]
+    say(f"using {found}", f"{what}: filled {int(region.sum())} of {size * size} pixels {n} ways "
+         f"({name}, DDIM {steps} steps, guidance {w:g})",
+         f"wrote {out}/: inpaint.png, inpaint_0..{n - 1}.png")
+

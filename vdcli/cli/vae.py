@@ -1,0 +1,73 @@
+"""The latent-space commands: ``vd train-vae``, ``vd interpolate``."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vdcli.cli.app import command, duration, say, train_command
+from vdcli.cli.options import DataRoot, Device
+from vdcli.errors import VdError
+
+
+@train_command("vae", "train-vae", """Train the KL-regularised autoencoder that maps images to a small latent grid.
+
+    Example: [bold]vd train-vae recipes/mnist_vae.yaml[/]
+
+    Writes runs/<recipe>/<time>/: checkpoint.safetensors (with the latent scale factor),
+    reconstructions.png (originals above reconstructions), samples.png (decoded prior samples), loss.png.
+    """)
+def _report_vae(summary) -> None:
+    say(
+        f"[bold]test reconstruction MSE {summary.mse:.5f}, PSNR {summary.psnr:.2f} dB[/]; latent scale factor {summary.scale_factor:.4f}",
+        f"{summary.steps} steps in {duration(summary.seconds)}; wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+    )
+
+
+@command("interpolate")
+def interpolate_cmd(
+    a: Annotated[str, typer.Argument(help="First image: a file or a dataset reference such as mnist:test:3.")],
+    b: Annotated[str, typer.Argument(help="Second image.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="A VAE, or an LDM to walk through its noise space via DDIM inversion (default: the newest VAE run).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames from A to B, both included.", min=2)] = 10,
+    mode: Annotated[str, typer.Option(help="VAE latent path: slerp or lerp (an LDM's noises are always slerped).")] = "slerp",
+    steps: Annotated[int, typer.Option(help="LDM only: DDIM steps for inversion and decoding.", min=1)] = 50,
+    fps: Annotated[float, typer.Option(help="GIF frames per second.", min=0.1)] = 4.0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/interpolate"),
+    device: Device = "auto",
+    data_root: DataRoot = None,
+) -> None:
+    """Walk between two images in pixel space and in latent space, side by side.
+
+    Example: [bold]vd interpolate mnist:test:3 mnist:test:2 --frames 12[/]
+
+    Writes interpolation.png (row 1: the pixel blend; row 2: the decoded latent path) and
+    interpolation.gif (both, animated side by side). With an LDM checkpoint the latent path runs
+    through noise: DDIM inversion of both images, slerp, DDIM decoding.
+    """
+    from vdcli.checkpoint import KINDS, load_checkpoint
+    from vdcli.data import load_input
+    from vdcli.device import pick_device
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks import ldm, vae
+
+    if mode not in ("slerp", "lerp"):
+        raise VdError(f"--mode {mode}: expected slerp or lerp")
+    path, found = find_checkpoint(checkpoint, "vae")
+    ckpt = load_checkpoint(path)
+    if ckpt.kind not in ("vae", "ldm"):
+        raise VdError(f"{path} is {KINDS[ckpt.kind]}, but this command needs {KINDS['vae']} or {KINDS['ldm']}")
+    spec = ckpt.meta["data"]
+    (xa, what_a), (xb, what_b) = (load_input(x, spec["image_size"], spec["channels"], data_root) for x in (a, b))
+    if ckpt.kind == "vae":
+        model, _ = vae.load_vae(ckpt, pick_device(device))
+        result, how = vae.interpolate(model, xa, xb, frames, mode), f"{mode} in the VAE's latent space"
+    else:
+        model = ldm.load_ldm(ckpt, pick_device(device))
+        result, how = ldm.interpolate(model, xa, xb, frames, steps), f"slerp between DDIM-{steps} inversions"
+    files = vae.write_interpolation(result, out, fps)
+    say(f"using {found}", f"{what_a} -> {what_b}: {frames} frames ({how})", f"wrote {', '.join(str(p) for p in files)}")
+
+
+# --- latent diffusion -------------------------------------------------------------------------
+

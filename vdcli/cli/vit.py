@@ -1,0 +1,115 @@
+"""The ViT commands: ``vd patchify``, ``vd train-vit``, ``vd attn-map``."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vdcli.cli.app import command, duration, say, train_command
+from vdcli.cli.options import DataRoot, Device
+from vdcli.errors import VdError
+
+
+@command("patchify")
+def patchify_cmd(
+    image: Annotated[str, typer.Argument(help="An image file, or a dataset reference such as mnist:test:0.")],
+    patch: Annotated[int, typer.Option(help="Patch side in pixels.", min=1)] = 16,
+    size: Annotated[Optional[int], typer.Option(help="Resize (short side) and centre-crop to SIZE x SIZE first.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/patchify"),
+    data_root: DataRoot = None,
+) -> None:
+    """Cut an image into ViT patches, row-major from the top left, and export the patch tensor.
+
+    Example: [bold]vd patchify photo.jpg --size 224 --patch 16[/]  or  [bold]vd patchify mnist:test:0 --patch 7[/]
+
+    Writes grid.png (patch grid, each patch numbered), sequence.png (the patches in the order the
+    encoder reads them) and patches.safetensors ([N, C*P*P], values in [-1, 1]).
+    """
+    from vdcli.data import load_input
+    from vdcli.tasks.vit import export_patches
+
+    pixels, _ = load_input(image, size, None, data_root)
+    result = export_patches(pixels, patch, out)
+    c, h, w = pixels.shape
+    say(
+        f"{image}: {w}x{h}, {c} channel(s) -> {result.rows}x{result.cols} = {result.shape[0]} patches of {patch}x{patch}",
+        f"sequence: [{result.shape[0]}, {result.shape[1]}] = [N, C*P*P]; patch k is row k // {result.cols}, column k % {result.cols}",
+        f"wrote {result.grid_png}, {result.sequence_png}, {result.tensor_path}",
+    )
+
+
+@train_command("vit", "train-vit", """Train a Vision Transformer classifier from a recipe.
+
+    Example: [bold]vd train-vit recipes/mnist_vit.yaml --set train.steps=500[/]
+
+    Writes runs/<recipe>/<time>/: checkpoint.safetensors, metrics.jsonl, loss.png,
+    confusion.png and misclassified.png. Ctrl-C saves a checkpoint; --resume continues.
+    """)
+def _report_vit(summary) -> None:
+    say(
+        f"[bold]test accuracy {summary.accuracy:.2%}[/] after {summary.steps} steps in {duration(summary.seconds)}",
+        f"wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
+    )
+
+
+@command("attn-map")
+def attn_map_cmd(
+    image: Annotated[str, typer.Argument(help="An image file, or a dataset reference such as mnist:test:42.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="A ViT checkpoint or run folder (default: the newest ViT run).")] = None,
+    layer: Annotated[int, typer.Option(help="Layer whose heads to show; -1 is the last.")] = -1,
+    head: Annotated[Optional[int], typer.Option(help="Only this head (default: all).")] = None,
+    mode: Annotated[str, typer.Option(help="cls: per-head class-token attention; rollout: attention rollout; both.")] = "both",
+    fusion: Annotated[str, typer.Option(help="Rollout head fusion: mean, max or min.")] = "mean",
+    discard: Annotated[float, typer.Option(help="Rollout: drop this fraction of the weakest attention weights.", min=0.0, max=0.99)] = 0.0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/attn-map"),
+    device: Device = "auto",
+    data_root: DataRoot = None,
+) -> None:
+    """Show what a trained ViT attends to: per-head class-token maps and attention rollout.
+
+    Example: [bold]vd attn-map mnist:test:42 --mode rollout --fusion max[/]
+    """
+    from vdcli import images
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.data import load_input
+    from vdcli.device import pick_device
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.vit import attention_maps, load_vit
+
+    if mode not in ("cls", "rollout", "both"):
+        raise VdError(f"--mode {mode}: expected cls, rollout or both")
+    if fusion not in ("mean", "max", "min"):
+        raise VdError(f"--fusion {fusion}: expected mean, max or min")
+    path, found = find_checkpoint(checkpoint, "vit")
+    ckpt = load_checkpoint(path, "vit")
+    model = load_vit(ckpt, pick_device(device))
+    spec = ckpt.meta["data"]
+    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
+    maps = attention_maps(model, pixels, layer, fusion, discard)
+    if head is not None and not 0 <= head < len(maps.heads):
+        raise VdError(f"--head {head}: this ViT has {len(maps.heads)} heads (0..{len(maps.heads) - 1})")
+    out.mkdir(parents=True, exist_ok=True)
+    top = int(maps.probs.argmax())
+    written, panels = [], [images.enlarge(images.to_pil(pixels).convert("RGB"))]
+    captions = [f"{spec['classes'][top]} ({maps.probs[top]:.0%})"]
+    if mode in ("cls", "both"):
+        for h in [head] if head is not None else range(len(maps.heads)):
+            overlay = images.enlarge(images.heat_overlay(pixels, maps.heads[h]))
+            written.append(images.save(overlay, out / f"layer{layer % len(model.blocks)}_head{h}.png"))
+            panels.append(overlay)
+            captions.append(f"layer {layer % len(model.blocks)} head {h}")
+    if mode in ("rollout", "both"):
+        overlay = images.enlarge(images.heat_overlay(pixels, maps.rollout))
+        written.append(images.save(overlay, out / "rollout.png"))
+        panels.append(overlay)
+        captions.append(f"rollout ({fusion})")
+    written.append(images.save(images.hstack(panels, captions), out / "attention.png"))
+    say(
+        f"using {found}",
+        f"{what}: predicted [bold]{spec['classes'][top]}[/] with probability {maps.probs[top]:.1%}",
+        f"wrote {out}/: " + ", ".join(p.name for p in written),
+    )
+
+
+# --- the latent space -------------------------------------------------------------------------
+
