@@ -50,7 +50,8 @@ class TrainConfig(Section):
     """The shared training loop's settings (``trainer.py``): AdamW, warm-up + cosine, EMA."""
 
     steps: int = Field(2000, gt=0)
-    seed: int = 0  # batch order and every random draw of step s depend on (seed, s) only
+    seed: int = 0  # initial weights, batch order and every random draw of step s depend on (seed, s) only
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable on CUDA too, slower
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)

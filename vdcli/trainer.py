@@ -5,20 +5,25 @@ an evaluation function; the loop does the rest: AdamW with linear warm-up and co
 gradient clipping, optional EMA of the weights, bf16 autocast on CUDA, periodic evaluation and
 atomic checkpoints, ``metrics.jsonl``, a loss curve, and Ctrl-C/SIGTERM that save before exiting.
 
-Reproducibility: the batch order of epoch e is a permutation seeded by (seed, e) and the global
-RNG is reseeded from (seed, step) before every step. So step s sees the same batch and the same
-random draws (noise, dropout, label drops) whether the run started at 0 or resumed at s, and a
-resumed CPU run is bitwise identical to an uninterrupted one.
+Reproducibility: a network's initial weights are drawn inside ``seeded_init(seed, stage)``, from
+(seed, stage) alone; the batch order of epoch e is a permutation seeded by (seed, e); and the
+global RNG is reseeded from (seed, step) before every step. So two fresh runs with one seed start
+from the same weights, step s sees the same batch and the same random draws (noise, dropout,
+label drops) whether the run started at 0 or resumed at s, and on the CPU both a repeated run and
+a resumed run are bitwise identical to the first, uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
 import signal
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -49,6 +54,33 @@ class TrainResult:
     seconds: float
     loss: float
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int, stage: str):
+    """Build a network inside this block and its initial weights depend on (seed, stage) only.
+
+    torch's layer constructors draw from the global RNG (they take no generator), so the block
+    forks it, seeds it, and restores the caller's state afterwards. ``stage`` names the network
+    ("vit", "vae", "denoiser", ...) so that each stage of a multi-stage run draws its own weights:
+    reusing a trained VAE does not change the denoiser's initial weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + zlib.crc32(stage.encode()))
+        yield
+
+
+def use_deterministic_algorithms(on: bool) -> None:
+    """train.deterministic: bitwise-repeatable runs on CUDA too, at some cost in speed.
+
+    The CPU path is deterministic anyway. On CUDA, cuBLAS needs a fixed workspace (set before its
+    first use) and several kernels (scatter-add, some convolution algorithms) have slower
+    deterministic variants; torch raises an error for an op that has none.
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -137,6 +169,7 @@ def fit(
     for one step, moved to ``device``. evaluate(model, step) -> metrics runs on the EMA model
     when there is one. ``extra`` modules (an LDM's frozen VAE) are saved in the checkpoint too.
     """
+    use_deterministic_algorithms(cfg.deterministic)
     model.to(device)
     decay, no_decay = [], []
     for p in model.parameters():

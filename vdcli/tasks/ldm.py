@@ -33,7 +33,7 @@ from vdcli.progress import Reporter, console
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run, find_checkpoint
 from vdcli.tasks.vae import Interpolation, encode_all, load_vae, train_stage
-from vdcli.trainer import fit
+from vdcli.trainer import fit, seeded_init
 
 ARCHS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
 
@@ -277,7 +277,8 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         "vae": {**vae_ckpt.meta, "scale_factor": scale},
         "recipe": recipe.model_dump(mode="json"),
     }
-    model = build_denoiser(meta)
+    with seeded_init(recipe.train.seed, "denoiser"):
+        model = build_denoiser(meta)
     schedule = NoiseSchedule.from_config(recipe.diffusion)
     null = len(spec["classes"])
     cfg = recipe.train

@@ -20,7 +20,7 @@ from vdcli.diffusion import slerp
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.recipe import VAERecipe
 from vdcli.runs import Run
-from vdcli.trainer import fit
+from vdcli.trainer import fit, seeded_init
 
 
 def build_vae(meta: dict) -> AutoencoderKL:
@@ -80,7 +80,8 @@ def train(recipe: VAERecipe, run: Run, *, device: torch.device, data_root=None, 
 
 def train_stage(model_cfg, train_cfg, meta, train_set, test_set, run, *, device, resume=False, quiet=False) -> VAESummary:
     """Train a VAE and finish its checkpoint; ``train-ldm`` calls this for its first stage."""
-    model = build_vae(meta)
+    with seeded_init(train_cfg.seed, "vae"):
+        model = build_vae(meta)
     probe = test_set.images[: min(len(test_set), 1000)]
 
     def loss_fn(model: AutoencoderKL, batch):

@@ -21,7 +21,7 @@ from vdcli.models.patches import patchify
 from vdcli.models.vit import ViT, ViTConfig, attention_rollout
 from vdcli.recipe import ViTRecipe
 from vdcli.runs import Run
-from vdcli.trainer import fit
+from vdcli.trainer import fit, seeded_init
 
 
 def build_vit(meta: dict) -> ViT:
@@ -109,8 +109,9 @@ def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, 
     test_set = load_split(recipe.data, "test", data_root)
     spec = data_spec(recipe.data, train_set)
     meta = {"model": recipe.model.model_dump(), "data": spec, "recipe": recipe.model_dump(mode="json")}
-    model = build_vit(meta)
     cfg = recipe.train
+    with seeded_init(cfg.seed, "vit"):
+        model = build_vit(meta)
 
     def loss_fn(model: ViT, batch):
         x, y = batch
