@@ -1,42 +1,41 @@
-"""How good are the samples? Class agreement and a Fréchet distance, judged by the trained ViT.
+"""How good are an LDM's samples? Judged by bench/classifier.py's CNN, which no vd model shares.
 
-    VD_DATA_ROOT=../shared/datasets python bench/ldm_quality.py \
-        --ldm bench/runs/mnist_latent/latest --vit bench/runs/mnist_vit/latest
+    VD_DATA_ROOT=../shared/datasets python bench/ldm_quality.py --ldm bench/runs/mnist_latent/latest \
+        --settings ddim-50-0,ddim-50-0.5,dpmpp-2m-20,uncond --per-class 100
 
-For each sampler setting it draws `per_class` images of every digit (fixed seed), and reports
-- agreement: the fraction the ViT from recipes/mnist_vit.yaml classifies as the asked digit;
-- FD: the Fréchet distance between ViT features (the normed class token) of the samples and of
-  the MNIST test set, ||μ1 − μ2||² + tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½), an FID with the ViT as
-  the feature network (lower is better; it grows when samples are few, so compare equal counts);
-- ms per image, on this machine.
-It appends one JSON line per setting to bench/results.jsonl.
+A setting is SAMPLER-STEPS[-ETA][-wGUIDANCE], e.g. ddim-50-0 (DDIM, 50 steps, η = 0, the recipe's
+guidance), ddim-50-0.5-w1, dpmpp-2m-20, ddpm-1000; or ``uncond`` (the null label, w = 1, with the
+recipe's sampler: the unconditional model). Each draws ``per_class`` images of every digit (for
+uncond: 10 × per_class images) from a fixed seed, in batches of 500, and reports
+- agreement: the fraction the judge classifies as the asked digit (not for uncond);
+- confident: the fraction classified with probability ≥ 0.9, whatever the class;
+- texture: the fraction the judge gives no class probability ≥ 0.5 — not a digit at all;
+- histogram: the judge's classes, in % (for uncond: every digit should be near 10%);
+- FD: the Fréchet distance between the judge's 64-d features of the samples and of the 10,000
+  MNIST test digits (an FID with the judge as feature network; it depends on the count, so
+  compare rows of equal count);
+- ms per image on this machine, sampling only (the judge's time excluded).
+Each setting appends one JSON line to bench/results.jsonl and writes bench/samples_<setting>.png
+(the first ten images of each digit, one row per digit).
 """
 
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 import torch
+from classifier import judge, load_judge
 
 from vdcli.checkpoint import load_checkpoint
-from vdcli.data import fit_images, load_split, to_float
+from vdcli.data import load_split
 from vdcli.recipe import DataConfig
 from vdcli.runs import find_checkpoint
-from vdcli.tasks.ldm import class_grid, load_ldm, save_class_grid
-from vdcli.tasks.vit import load_vit
+from vdcli.tasks.ldm import generate, load_ldm, save_class_grid
 
 HERE = Path(os.path.relpath(Path(__file__).parent))  # relative, so that the recorded command reads as typed
-SETTINGS = {  # name: (sampler, steps, eta)
-    "ddim-10": ("ddim", 10, 0.0),
-    "ddim-20": ("ddim", 20, 0.0),
-    "ddim-50": ("ddim", 50, 0.0),
-    "ddim-100": ("ddim", 100, 0.0),
-    "ddim-50-eta0.5": ("ddim", 50, 0.5),
-    "ddim-50-eta1": ("ddim", 50, 1.0),
-    "ddpm-1000": ("ddpm", 1000, 1.0),
-}
 
 
 def sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
@@ -53,61 +52,67 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((mu1 - mu2).pow(2).sum() + torch.trace(s1 + s2 - 2 * cross)).item()
 
 
-@torch.no_grad()
-def vit_view(vit, images: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted class, features) of uint8 images, brought to the ViT's input size."""
-    if images.shape[-1] > size:  # the LDM works on 28 -> 32 padded digits: take the centre back
-        off = (images.shape[-1] - size) // 2
-        images = images[..., off : off + size, off : off + size]
-    images = fit_images(images, size, None)
-    preds, feats = [], []
-    for i in range(0, len(images), 500):
-        x = to_float(images[i : i + 500])
-        preds.append(vit(x).argmax(-1))
-        feats.append(vit.features(x))
-    return torch.cat(preds), torch.cat(feats)
+def parse_setting(name: str, ldm) -> dict:
+    if name == "uncond":
+        d = ldm.defaults
+        return {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": 1.0, "uncond": True}
+    m = re.fullmatch(r"(ddim|ddpm|dpmpp-2m)-(\d+)(?:-([\d.]+))?(?:-w([\d.]+))?", name)
+    if not m:
+        raise SystemExit(f"setting {name!r}: expected SAMPLER-STEPS[-ETA][-wGUIDANCE] or uncond")
+    sampler, steps, eta, w = m.groups()
+    return {"sampler": sampler, "steps": int(steps), "eta": float(eta) if eta else (1.0 if sampler == "ddpm" else 0.0),
+            "guidance": float(w) if w else ldm.defaults.guidance, "uncond": False}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", required=True)
-    parser.add_argument("--vit", required=True)
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default="ddim-50-0,uncond")
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--guidance", type=float, default=None, help="default: the LDM recipe's")
+    parser.add_argument("--tag", default="", help="a word for the rows and file names, e.g. before/after")
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
     cpu = torch.device("cpu")
     ldm = load_ldm(load_checkpoint(find_checkpoint(args.ldm, "ldm")[0], "ldm"), cpu)
-    vit_ckpt = load_checkpoint(find_checkpoint(args.vit, "vit")[0], "vit")
-    vit, size = load_vit(vit_ckpt, cpu), vit_ckpt.meta["data"]["image_size"]
-    test = load_split(DataConfig(name="mnist", image_size=size), "test", os.environ.get("VD_DATA_ROOT"))
-    _, test_feats = vit_view(vit, test.images, size)
-    guidance = ldm.defaults.guidance if args.guidance is None else args.guidance
+    model = load_judge()
+    test = load_split(DataConfig(name="mnist", image_size=28), "test", os.environ.get("VD_DATA_ROOT"))
+    _, test_feats = judge(model, test.images)
     classes = list(range(len(ldm.classes)))
 
     for name in args.settings.split(","):
-        sampler, steps, eta = SETTINGS[name]
+        s = parse_setting(name, ldm)
+        labels = torch.tensor(classes).repeat_interleave(args.per_class)
+        asked = labels.clone()
+        if s["uncond"] or ldm.conditioning == "none":
+            labels = torch.full_like(labels, ldm.null_class)
+        g = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
-        samples, _ = class_grid(ldm, classes, args.per_class, seed=0, sampler=sampler, steps=steps, eta=eta, guidance=guidance)
+        samples = torch.cat([generate(ldm, labels[i : i + 500], sampler=s["sampler"], steps=s["steps"], eta=s["eta"],
+                                      guidance=s["guidance"], generator=g)[0] for i in range(0, len(labels), 500)])
         ms = (time.perf_counter() - t0) / len(samples) * 1000
-        preds, feats = vit_view(vit, samples, size)
-        asked = torch.tensor(classes).repeat_interleave(args.per_class)
+        probs, feats = judge(model, samples)
+        top, pred = probs.max(1)
+        uncond = s["uncond"] or ldm.conditioning == "none"
         row = {
             "bench": "ldm_quality",
+            "tag": args.tag,
             "setting": name,
-            "per_class": args.per_class,
-            "guidance": guidance,
+            "sampler": s["sampler"], "steps": s["steps"], "eta": s["eta"], "guidance": s["guidance"],
             "images": len(samples),
-            "agreement": round((preds == asked).float().mean().item(), 4),
+            "agreement": None if uncond else round((pred == asked).float().mean().item(), 4),
+            "confident": round((top >= 0.9).float().mean().item(), 4),
+            "texture": round((top < 0.5).float().mean().item(), 4),
+            "histogram": [round(100 * v, 1) for v in (torch.bincount(pred, minlength=10).float() / len(pred)).tolist()],
             "frechet_distance": round(frechet_distance(feats, test_feats), 3),
             "ms_per_image": round(ms, 1),
             "ldm": str(args.ldm),
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         shown = torch.cat([samples[c * args.per_class : c * args.per_class + 10] for c in classes])
-        save_class_grid(shown, ldm.classes, 10, HERE / f"samples_{name}.png")
+        rows = [f"#{i}" for i in classes] if uncond else ldm.classes
+        suffix = f"_{args.tag}" if args.tag else ""
+        save_class_grid(shown, rows, 10, HERE / f"samples_{name}{suffix}.png")
         print(json.dumps(row), flush=True)
         with open(HERE / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

@@ -124,6 +124,9 @@ class VAEStage(Section):
 
 class LDMRecipe(Section):
     kind: Literal["ldm"] = "ldm"
+    # class: the denoiser takes a class label (and a null label, for guidance); none: no label at all,
+    # for image folders without classes (sampling then takes no --class and no guidance)
+    conditioning: Literal["class", "none"] = "class"
     data: DataConfig = DataConfig()
     vae: VAEStage = VAEStage()
     model: Denoiser = UNetSection()

@@ -34,7 +34,7 @@ def sample_cmd(
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the recipe's for DDIM, all T for DDPM).", min=1)] = None,
     eta: Annotated[Optional[float], typer.Option(help="DDIM noise: 0 is deterministic, 1 is DDPM-like.", min=0.0)] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale w; 1 turns it off (default: the recipe's).", min=0.0)] = None,
-    class_: Annotated[str, typer.Option("--class", help="Class index or name, several as 3,7, 'all', or 'none' (unconditional).")] = "all",
+    class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name, several as 3,7, 'all' (the default), or 'none' (unconditional). A model trained with conditioning: none takes no --class.")] = None,
     n: Annotated[int, typer.Option("--n", help="Images per class.", min=1)] = 8,
     batch_size: Annotated[int, typer.Option(help="Images denoised at once.", min=1)] = 256,
     trajectory: Annotated[bool, typer.Option("--trajectory", help="Also write trajectory.gif: the predicted x0 at every step.")] = False,

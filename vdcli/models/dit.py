@@ -71,7 +71,8 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     """(x_t [B, C, S, S], t [B] int or float, y [B] long in 0..num_classes) -> [B, C, S, S].
 
-    y = num_classes is the null class ("no condition") that classifier-free guidance needs.
+    y = num_classes is the null class ("no condition") that classifier-free guidance needs; a DiT
+    built with num_classes = 0 is unconditional and takes no y.
     """
 
     def __init__(self, cfg: DiTConfig, image_size: int, in_channels: int, num_classes: int):
@@ -104,7 +105,7 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"this DiT was built for {self.image_size}x{self.image_size} latents, got {x.shape[-2]}x{x.shape[-1]}")
         c = self.cond(t, y)  # (B, dim)

@@ -21,10 +21,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) 
 
 
 class ConditionEmbedding(nn.Module):
-    """Time embedding (sinusoid -> MLP) plus a learned class embedding.
+    """Time embedding (sinusoid -> MLP) plus, for a class-conditional model, a learned class embedding.
 
     Class ``num_classes`` is the extra "null" class: the unconditional model that classifier-free
-    guidance needs. Labels are dropped to it during training.
+    guidance needs; labels are dropped to it during training. ``num_classes = 0`` builds an
+    unconditional denoiser (``conditioning: none``) with no label input at all.
+
+    The class table starts at N(0, 0.02²), as in the DiT reference code, not at nn.Embedding's
+    N(0, 1): a unit-variance row of width 4·channels has norm ≈ 2√channels, several times the time
+    embedding's, so at the start every label, the null one included, would drown the timestep.
     """
 
     def __init__(self, num_classes: int, dim: int, freq_dim: int = 256):
@@ -32,7 +37,14 @@ class ConditionEmbedding(nn.Module):
         self.num_classes = num_classes
         self.freq_dim = freq_dim
         self.time_mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.class_emb = nn.Embedding(num_classes + 1, dim)
+        self.class_emb = nn.Embedding(num_classes + 1, dim) if num_classes else None
+        if self.class_emb is not None:
+            nn.init.normal_(self.class_emb.weight, std=0.02)
 
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.time_mlp(timestep_embedding(t, self.freq_dim)) + self.class_emb(y)  # (B, dim)
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.freq_dim))  # (B, dim)
+        if self.class_emb is None:
+            if y is not None:
+                raise ValueError("this denoiser was built without a class input (conditioning: none)")
+            return emb
+        return emb + self.class_emb(y)

@@ -4,7 +4,8 @@ Read top to bottom: ``UNetConfig``, ``ResBlock`` (where time and class enter), `
 (at the low resolutions), ``Layer`` (the two together), ``Downsample`` / ``Upsample``, ``UNet``.
 
 The network maps a noisy input x_t [B, C, H, W], its timestep t [B] and a class label y [B]
-(label ``num_classes`` is the null label that classifier-free guidance needs) to a prediction
+(label ``num_classes`` is the null label that classifier-free guidance needs; a model built with
+num_classes = 0 is unconditional and takes no y) to a prediction
 with x_t's shape; whether that is ε or v is the diffusion recipe's business, not the model's.
 
 Its shape: ``channel_mult`` lists the levels, level 0 at the input resolution and each later
@@ -191,8 +192,9 @@ class UNet(nn.Module):
         self.norm_out = _norm(c)
         self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))  # the untrained model predicts 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x [B, C, H, W]; t [B] integer or fractional timesteps; y [B] labels in 0..num_classes (the null)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, C, H, W]; t [B] integer or fractional timesteps; y [B] labels in 0..num_classes (the null),
+        or None for a model built with num_classes = 0."""
         # Ho et al. apply this SiLU in every block, before its projection of emb: the same function, computed once.
         emb = F.silu(self.cond(t, y))  # (B, emb_dim)
         h = self.conv_in(x)  # (B, widths[0], H, W)

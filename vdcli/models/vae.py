@@ -162,6 +162,55 @@ class AutoencoderKL(nn.Module):
         return self.decode(z), mean, logvar
 
 
+class LatentNorm(nn.Module):
+    """The latents a denoiser sees: z = (x − mean) / std, element by element, x ~ q(z|image).
+
+    Rombach et al. (2022, sec. 4.3.2 and appendix G) rescale latents by one global factor 1/σ so
+    that their overall variance is 1. That leaves the elements unequal: an MNIST VAE's latent cell
+    over the always-empty border varies with std 0.03 after that scaling, a cell over the strokes
+    with std 1.76. Diffusion treats every element alike (the prior is N(0, I)), so in a quiet cell
+    even a small error of the denoiser moves the decoder's input far outside anything it was
+    trained on, and the decoded image turns to texture. Standardising every element, with its
+    mean and std over the training set, puts each on the prior's scale and shrinks a denoiser error
+    in a quiet cell by that cell's std on the way back. (EDM2, Karras et al. 2024, normalises SD's
+    latents per channel; on a latent grid whose positions differ, as digits' do, per element is
+    the same idea, and on photos, whose positions are alike, it comes out nearly per channel.)
+
+    The std counts the posterior's own noise, Var[z] = Var_images[μ] + E_images[σ²], because the
+    denoiser trains on samples μ + σ ε. A checkpoint from before this stored only the global scale
+    factor; ``global_scale`` rebuilds that.
+    """
+
+    def __init__(self, shape: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))  # (c, h, w)
+        self.register_buffer("std", torch.ones(shape))  # (c, h, w)
+
+    @classmethod
+    def fit(cls, mean: torch.Tensor, logvar: torch.Tensor) -> "LatentNorm":
+        """From the posteriors of a training set, [N, c, h, w] each."""
+        norm = cls(mean.shape[1:])
+        var = mean.double().var(0) + logvar.double().exp().mean(0)  # (c, h, w)
+        # A floor against a cell that never varies (a dead channel): dividing by ~0 would blow it up.
+        norm.mean.copy_(mean.double().mean(0))
+        norm.std.copy_(var.sqrt().clamp(min=1e-3 * var.mean().sqrt().item()))
+        return norm
+
+    @classmethod
+    def global_scale(cls, shape: tuple[int, ...], scale_factor: float) -> "LatentNorm":
+        norm = cls(shape)
+        norm.std.fill_(1.0 / scale_factor)
+        return norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """VAE latents [B, c, h, w] -> standardised latents."""
+        return (x - self.mean) / self.std
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised latents -> VAE latents, for the decoder."""
+        return z * self.std + self.mean
+
+
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mean, exp(logvar)) || N(0, I)), summed over the latent elements, averaged over the batch.
 

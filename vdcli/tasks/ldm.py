@@ -3,7 +3,9 @@
 ``train`` runs both stages when it must: with no VAE checkpoint in the recipe it first trains
 the VAE from the recipe's ``vae:`` section, in ``<run>/vae/``. It then encodes the dataset
 once (the posterior means and log-variances are cached in ``<run>/latents.safetensors``) and
-trains the denoiser on scaled latent samples z = scale_factor · (μ + σ ε).
+trains the denoiser on standardised latent samples z = (μ + σ ε − mean) / std, with the mean and
+std of every latent element over the training set (``LatentNorm``: why per element, not one
+global scale factor, is written there).
 
 The LDM checkpoint carries its VAE (under ``vae.``) and everything ``sample`` needs, so it
 works alone. Sampling itself is ``diffusion.sample``: this file only chooses the model_fn,
@@ -28,7 +30,7 @@ from vdcli.errors import VdError
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, timesteps
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
-from vdcli.models.vae import AutoencoderKL
+from vdcli.models.vae import AutoencoderKL, LatentNorm
 from vdcli.progress import Reporter, console
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run, find_checkpoint
@@ -42,32 +44,48 @@ def build_denoiser(meta: dict) -> nn.Module:
     cfg = dict(meta["model"])
     net, config = ARCHS[cfg.pop("arch")]
     channels, size, _ = meta["latent_shape"]
-    return net(config(**cfg), size, channels, len(meta["data"]["classes"]))
+    num_classes = len(meta["data"]["classes"]) if meta.get("conditioning", "class") == "class" else 0
+    return net(config(**cfg), size, channels, num_classes)
 
 
 @dataclass
 class LDM:
-    """A trained latent diffusion model, ready to sample: denoiser, VAE, schedule, class names."""
+    """A trained latent diffusion model, ready to sample: denoiser, VAE, schedule, class names.
+
+    ``conditioning`` is "class" (the denoiser takes labels, ``null_class`` among them) or "none".
+    """
 
     denoiser: nn.Module
     vae: AutoencoderKL
-    scale_factor: float
+    norm: LatentNorm
     schedule: NoiseSchedule
     classes: list[str]
     latent_shape: tuple[int, int, int]
     defaults: SampleConfig
+    conditioning: str = "class"
 
     @property
     def null_class(self) -> int:
         return len(self.classes)
 
+    def model_fn(self, labels: torch.Tensor, guidance: float = 1.0):
+        """The sampler's model_fn for these labels [B]: guided for a class model; an unconditional
+        model ignores labels (they only count the images) and guidance."""
+        if self.conditioning == "none":
+            return lambda x, t: self.denoiser(x, t)
+        return guided(self.denoiser, labels.to(self.device), guidance, self.null_class)
+
     @property
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images [B, C, H, W] in [-1, 1] -> the standardised latents the denoiser works on (posterior means)."""
+        return self.norm(self.vae.encode(images.to(self.device))[0])
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> uint8 images."""
-        return to_uint8(self.vae.decode(z / self.scale_factor).cpu())
+        """Standardised latents -> uint8 images."""
+        return to_uint8(self.vae.decode(self.norm.inverse(z)).cpu())
 
 
 def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
@@ -75,9 +93,14 @@ def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
     denoiser = build_denoiser(meta)
     denoiser.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
     vae, scale = load_vae(ckpt, device, prefix="vae")
-    return LDM(denoiser.to(device).eval().requires_grad_(False), vae, scale,
+    norm = LatentNorm(tuple(meta["latent_shape"]))
+    if ckpt.has("latent_norm"):
+        norm.load_state_dict(ckpt.weights("latent_norm"))
+    else:  # a checkpoint from before per-element standardisation: one global scale factor
+        norm = LatentNorm.global_scale(tuple(meta["latent_shape"]), scale)
+    return LDM(denoiser.to(device).eval().requires_grad_(False), vae, norm.to(device),
                NoiseSchedule.from_config(DiffusionConfig(**meta["diffusion"])), meta["data"]["classes"],
-               tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]))
+               tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"))
 
 
 # --- vd sample --------------------------------------------------------------------------------
@@ -106,16 +129,22 @@ def generate(
     def record(i, t, x, x0_pred):
         frames.append(ldm.decode(x0_pred))
 
-    z = sample(guided(ldm.denoiser, labels, guidance, ldm.null_class), noise, ldm.schedule, sampler, steps, eta,
+    z = sample(ldm.model_fn(labels, guidance), noise, ldm.schedule, sampler, steps, eta,
                generator=generator, callback=record if trajectory else None)
     return ldm.decode(z), frames
 
 
-def condition(ldm: LDM, spec: str, guidance: float | None, single: bool = False) -> tuple[list[int], list[str], float]:
+def condition(ldm: LDM, spec: str | None, guidance: float | None, single: bool = False) -> tuple[list[int], list[str], float]:
     """(labels, their names, guidance w) for a --class option: '7', 'seven', '3,7', 'all' or 'none'.
 
-    'none' is the null class, sampled without guidance; otherwise w defaults to the recipe's.
+    'none' is the null class, sampled without guidance; otherwise w defaults to the recipe's. No
+    option means 'all' for a class model; an unconditional model (conditioning: none) takes none.
     """
+    if ldm.conditioning == "none":
+        if spec is not None and spec.strip().lower() != "none":
+            raise VdError(f"--class {spec}: this model was trained without classes (conditioning: none); leave --class out")
+        return [ldm.null_class], ["unconditional"], 1.0
+    spec = "all" if spec is None else spec
     if spec.strip().lower() == "none":
         return [ldm.null_class], ["unconditional"], 1.0
     labels = parse_classes(spec, ldm.classes)
@@ -162,7 +191,7 @@ def inpaint(
     the known pixels are pasted back exactly.
     """
     f = image.shape[-1] // ldm.latent_shape[-1]
-    z_known = ldm.scale_factor * ldm.vae.encode(to_float(image)[None].to(ldm.device))[0]  # (1, c, h, w)
+    z_known = ldm.encode(to_float(image)[None])  # (1, c, h, w)
     # A latent cell is regenerated if any of its f x f pixels is masked.
     free = torch.nn.functional.max_pool2d(mask[None, None].float(), f).to(ldm.device)  # (1, 1, h, w)
     ts = timesteps(steps, ldm.schedule.T)
@@ -178,7 +207,7 @@ def inpaint(
         return free * x + (1 - free) * known
 
     noise = torch.randn((n, *ldm.latent_shape), generator=generator).to(ldm.device)
-    z = sample(guided(ldm.denoiser, labels, guidance, ldm.null_class), noise, ldm.schedule, "ddim", steps,
+    z = sample(ldm.model_fn(labels, guidance), noise, ldm.schedule, "ddim", steps,
                generator=generator, callback=keep_known)
     filled = ldm.decode(z)  # (n, C, H, W)
     return torch.where(mask.cpu()[None, None], filled, image[None])
@@ -196,10 +225,10 @@ def interpolate(ldm: LDM, a: torch.Tensor, b: torch.Tensor, frames: int, steps: 
     xa, xb = to_float(a).to(ldm.device), to_float(b).to(ldm.device)
     alphas = torch.linspace(0, 1, frames)
     blend = torch.stack([(1 - t) * xa + t * xb for t in alphas])  # (F, C, H, W)
-    z = ldm.scale_factor * ldm.vae.encode(torch.stack([xa, xb]))[0]  # (2, c, h, w)
+    z = ldm.encode(torch.stack([xa, xb]))  # (2, c, h, w)
 
     def unconditional(n: int):
-        return guided(ldm.denoiser, torch.full((n,), ldm.null_class, device=ldm.device), 1.0, ldm.null_class)
+        return ldm.model_fn(torch.full((n,), ldm.null_class))
 
     noise_a, noise_b = ddim_invert(unconditional(2), z, ldm.schedule, steps)
     path = torch.stack([slerp(noise_a, noise_b, float(t)) for t in alphas])  # (F, c, h, w)
@@ -266,9 +295,11 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
     vae_ckpt, vae_note = first_stage(recipe, run, train_set, test_set, device, resume, quiet)
     vae, scale = load_vae(vae_ckpt, device)
     mean, logvar = cached_latents(vae, train_set, run, device)
+    norm = LatentNorm.fit(mean, logvar).to(device)
 
     spec = data_spec(recipe.data, train_set)
     meta = {
+        "conditioning": recipe.conditioning,
         "model": recipe.model.model_dump(),
         "data": spec,
         "latent_shape": list(vae.latent_shape),
@@ -285,23 +316,31 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
 
     def loss_fn(model: nn.Module, batch):
         mean, logvar, y = batch
-        z = scale * (mean + (0.5 * logvar).exp() * torch.randn_like(mean))  # a fresh posterior sample each time
+        z = norm(mean + (0.5 * logvar).exp() * torch.randn_like(mean))  # a fresh posterior sample each time
+        if recipe.conditioning == "none":
+            return diffusion_loss(lambda x, t: model(x, t), z, schedule, recipe.diffusion.min_snr_gamma), {}
         drop = torch.rand(y.shape, device=y.device) < cfg.cond_drop_prob
         y = torch.where(drop, torch.full_like(y, null), y)  # the null class teaches the unconditional model
         return diffusion_loss(lambda x, t: model(x, t, y), z, schedule, recipe.diffusion.min_snr_gamma), {}
 
-    shown = list(range(min(null, 10)))
+    # One row per class (at most ten) and a last row from the null label, the unconditional model
+    # that guidance extrapolates from; an unconditional model fills all eight rows.
+    if recipe.conditioning == "none":
+        shown, names = [null] * 8, ["unconditional"] + [""] * 7
+    else:
+        shown = list(range(min(null, 10))) + [null]
+        names = [spec["classes"][c] for c in shown[:-1]] + ["unconditional"]
 
     def evaluate(model: nn.Module, step: int) -> dict:
         t0 = time.perf_counter()
-        ldm = LDM(model, vae, scale, schedule, spec["classes"], vae.latent_shape, recipe.sample)
+        ldm = LDM(model, vae, norm, schedule, spec["classes"], vae.latent_shape, recipe.sample, recipe.conditioning)
         samples, _ = class_grid(ldm, shown, 8, seed=0, sampler=recipe.sample.sampler, steps=recipe.sample.steps,
                                 eta=recipe.sample.eta, guidance=recipe.sample.guidance)
-        save_class_grid(samples, [spec["classes"][c] for c in shown], 8, run.dir / f"samples_{step:06d}.png")
+        save_class_grid(samples, names, 8, run.dir / f"samples_{step:06d}.png")
         return {"sample_seconds": time.perf_counter() - t0}
 
     result = fit(model, loss_fn, (mean, logvar, train_set.labels), cfg, run, kind="ldm", meta=meta, device=device,
-                 seed=cfg.seed, evaluate=evaluate, extra={"vae": vae}, resume=resume, quiet=quiet)
+                 seed=cfg.seed, evaluate=evaluate, extra={"vae": vae, "latent_norm": norm}, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
     files = [run.checkpoint, run.dir / "loss.png", *grids[-1:]]
     return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files)
