@@ -28,19 +28,28 @@ Conventions, in one place:
 - DDIM (DDIM eq. 12 and 16): from t to the previous timestep t' of the run,
       x_{t'} = √ᾱ_{t'} x̂_0 + √(1 − ᾱ_{t'} − σ_t²) ε̂ + σ_t z,
       σ_t = η √((1 − ᾱ_{t'}) / (1 − ᾱ_t)) √(1 − ᾱ_t / ᾱ_{t'});
-  η = 0 is deterministic, η = 1 is the DDPM posterior above. An S-step run visits
-  t_i = i·(T // S) for i = S−1 … 0 (``timesteps``). With η = 0 the same update run towards
-  more noise inverts the sampler (``ddim_invert``).
+  η = 0 is deterministic, η = 1 is the DDPM posterior above. With η = 0 the same update run
+  towards more noise inverts the sampler (``ddim_invert``).
+- DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): the probability-flow ODE
+  solved in λ_t = log(α_t / σ_t), with α_t = √ᾱ_t and σ_t = √(1 − ᾱ_t), on the data prediction.
+  With h_i = λ_{t_i} − λ_{t_{i−1}} and r_i = h_{i−1} / h_i,
+      x_{t_i} = (σ_{t_i} / σ_{t_{i−1}}) x_{t_{i−1}} − α_{t_i} (e^{−h_i} − 1) D_i,
+      D_i = (1 + 1 / (2 r_i)) x̂_0(t_{i−1}) − 1 / (2 r_i) x̂_0(t_{i−2})      (their eq. 10 and alg. 2),
+  and D_i = x̂_0(t_{i−1}) (first order, which is DDIM with η = 0) at the first step of a run,
+  where there is no earlier x̂_0, and at the last, which goes to σ = 0 and so returns x̂_0.
+- Timesteps of an S-step run (``sampler_timesteps``), as diffusers' schedulers place them:
+  DDIM and DDPM "leading", t_i = i·(T // S) for i = S−1 … 0; DPM-Solver++ "linspace",
+  round(linspace(0, T − 1, S + 1)) reversed without its last entry (so it starts at T − 1).
 - One loop, ``sample``, serves every command. It can start at any timestep: SDEdit
   (Meng et al. 2022) noises an input to t_start with ``add_noise`` and denoises from there.
-  After every step it calls ``callback(i, t, x, x0_pred)``; a callback that returns a tensor
-  replaces x, which is how RePaint (Lugmayr et al. 2022) puts back the known region.
+  After every step it calls ``callback(i, t_next, x, x0_pred)`` with the timestep x is now at
+  (−1 after the last step); a callback that returns a tensor replaces x, which is how RePaint
+  (Lugmayr et al. 2022) puts back the known region.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Callable, Literal
 
 import torch
@@ -50,6 +59,7 @@ from vdcli.config import Section
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+SAMPLERS = ("ddim", "ddpm", "dpmpp-2m")
 
 
 class DiffusionConfig(Section):
@@ -105,6 +115,10 @@ class NoiseSchedule:
         """SNR(t) = ᾱ_t / (1 − ᾱ_t), float64 (B,) on the CPU."""
         a = self.alpha_bar(t)
         return a / (1 - a)
+
+    def lam(self, t: torch.Tensor | int) -> torch.Tensor:
+        """λ_t = log(α_t / σ_t) = ½ log SNR(t), DPM-Solver's time variable, float64 (B,) on the CPU."""
+        return 0.5 * self.snr(t).log()
 
 
 def _working_dtype(x: torch.Tensor) -> torch.dtype:
@@ -194,9 +208,14 @@ def _generator_device(generator: torch.Generator | None) -> torch.device | None:
 
 
 def _randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-    """N(0, I) noise on like's device and dtype, drawn on the generator's device: reproducible across devices."""
+    """N(0, I) noise on like's device and dtype, drawn on the generator's device: reproducible across devices.
+
+    Drawn in float32, or in float64 for float64 tensors (as diffusers' ``randn_tensor`` does, so
+    the float64 conformance references share their noise).
+    """
     device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device).to(like.device, like.dtype)
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype).to(like.device, like.dtype)
 
 
 def ddim_step(
@@ -254,14 +273,58 @@ def ddpm_step(
     return x_prev.to(x_t.dtype), x0_pred
 
 
+def dpmpp_2m_step(
+    schedule: NoiseSchedule,
+    x_t: torch.Tensor,
+    t: int,
+    t_prev: int,
+    output: torch.Tensor,
+    previous: tuple[int, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DPM-Solver++(2M) update from t to t_prev (−1: to the data). Returns (x_{t_prev}, x̂_0).
+
+    ``previous`` is (the timestep before t, the x̂_0 predicted there), from this run's previous
+    step; None makes the step first order. The step to the data is always first order: with
+    σ = 0 the update is x̂_0 itself, as with diffusers' ``final_sigmas_type="zero"``.
+    """
+    x0_pred = predict_x0(schedule, x_t, t, output)
+    if t_prev < 0:
+        return x0_pred, x0_pred
+    a_t, a_prev = schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+    lam_t, lam_prev = schedule.lam(t), schedule.lam(t_prev)
+    h = lam_prev - lam_t  # > 0: λ grows towards the data
+    # 1. D_i: x̂_0, or with the previous prediction the second-order combination of Algorithm 2
+    d = x0_pred
+    if previous is not None:
+        t_before, x0_before = previous
+        r = (lam_t - schedule.lam(t_before)) / h  # r_i = h_{i−1} / h_i
+        d = _per_sample(1 + 1 / (2 * r), x_t) * x0_pred - _per_sample(1 / (2 * r), x_t) * x0_before
+    # 2. x_{t_i} = (σ_{t_i} / σ_{t_{i−1}}) x_{t_{i−1}} − α_{t_i} (e^{−h} − 1) D_i
+    ratio = ((1 - a_prev) / (1 - a_t)).sqrt()
+    x_prev = _per_sample(ratio, x_t) * x_t - _per_sample(a_prev.sqrt() * torch.expm1(-h), x_t) * d
+    return x_prev.to(x_t.dtype), x0_pred
+
+
 # --- the sampling loop -------------------------------------------------------------------------
 
 
 def timesteps(steps: int, T: int) -> list[int]:
-    """The S = ``steps`` timesteps of a run, descending: t_i = i·(T // S) for i = S−1 … 0."""
+    """The S = ``steps`` timesteps of a DDIM or DDPM run, descending: t_i = i·(T // S) for i = S−1 … 0."""
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be between 1 and T = {T}, got {steps}")
     return [i * (T // steps) for i in range(steps - 1, -1, -1)]
+
+
+def sampler_timesteps(sampler: str, steps: int, T: int) -> list[int]:
+    """The timesteps a ``sampler`` run of S = ``steps`` steps visits, descending (see the module docstring)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if sampler != "dpmpp-2m":
+        return timesteps(steps, T)
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and T = {T}, got {steps}")
+    grid = torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().long()
+    return grid.flip(0)[:-1].tolist()
 
 
 def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +336,7 @@ def sample(
     model_fn: ModelFn,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    sampler: Literal["ddim", "ddpm"] = "ddim",
+    sampler: Literal["ddim", "ddpm", "dpmpp-2m"] = "ddim",
     steps: int = 50,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -285,25 +348,30 @@ def sample(
     x is pure noise x_T, treated as the level of the run's first timestep; or, with ``start_t``,
     an input already noised to that level (SDEdit): the run is then start_t followed by the
     timesteps of the S-step run below it. DDPM with steps = T is Ho et al.'s sampler; with
-    fewer steps it strides like DDIM (and equals DDIM with η = 1); it ignores ``eta``.
+    fewer steps it strides like DDIM (and equals DDIM with η = 1). Only DDIM uses ``eta``;
+    DPM-Solver++(2M) is deterministic, and restarts at first order after ``start_t``.
 
-    After step i (from timestep t; i counts from 0 in this run) ``callback(i, t, x, x0_pred)``
-    sees the new x, now at the run's next timestep (clean after the last one), and the x̂_0 it
-    came from; returning a tensor replaces x, returning None keeps it.
+    After step i (i counts from 0 in this run) ``callback(i, t_next, x, x0_pred)`` sees the new
+    x, now at timestep t_next (−1, clean, after the last step), and the x̂_0 it came from;
+    returning a tensor replaces x, returning None keeps it.
     """
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"unknown sampler {sampler!r}; expected ddim or ddpm")
-    step = partial(ddim_step, eta=eta) if sampler == "ddim" else ddpm_step
-    ts = timesteps(steps, schedule.T)
+    ts = sampler_timesteps(sampler, steps, schedule.T)
     if start_t is not None:
         if not 0 <= start_t < schedule.T:
             raise ValueError(f"start_t must be between 0 and T − 1 = {schedule.T - 1}, got {start_t}")
         ts = [start_t] + [t for t in ts if t < start_t]
+    previous = None  # DPM-Solver++'s memory: (t, x̂_0) of the step before
     for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
         output = model_fn(x, _batch_t(t, x))
-        x, x0_pred = step(schedule, x, t, t_prev, output, generator=generator)
+        if sampler == "ddim":
+            x, x0_pred = ddim_step(schedule, x, t, t_prev, output, eta, generator)
+        elif sampler == "ddpm":
+            x, x0_pred = ddpm_step(schedule, x, t, t_prev, output, generator)
+        else:
+            x, x0_pred = dpmpp_2m_step(schedule, x, t, t_prev, output, previous)
+            previous = (t, x0_pred)
         if callback is not None:
-            replaced = callback(i, t, x, x0_pred)
+            replaced = callback(i, t_prev, x, x0_pred)
             if replaced is not None:
                 x = replaced
     return x

@@ -78,9 +78,9 @@ class LDMTrainConfig(TrainConfig):
 class SampleConfig(Section):
     """Defaults for ``vd sample`` and the grids written during training."""
 
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler: Literal["ddim", "ddpm", "dpmpp-2m"] = "ddim"
     steps: int = Field(50, gt=0)
-    eta: float = Field(0.0, ge=0)
+    eta: float = Field(0.0, ge=0)  # DDIM only
     guidance: float = Field(3.0, ge=0)  # 1 = off
 
 

@@ -30,8 +30,8 @@ def _report_ldm(summary) -> None:
 @command("sample")
 def sample_cmd(
     checkpoint: Annotated[Optional[str], typer.Option(help="An LDM checkpoint or run folder (default: the newest LDM run).")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="ddim or ddpm (default: the recipe's, ddim).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the recipe's for DDIM, all T for DDPM).", min=1)] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="ddim, dpmpp-2m (DPM-Solver++(2M): good in 10-20 steps) or ddpm (default: the recipe's).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the recipe's for DDIM and DPM-Solver++, all T for DDPM).", min=1)] = None,
     eta: Annotated[Optional[float], typer.Option(help="DDIM noise: 0 is deterministic, 1 is DDPM-like.", min=0.0)] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale w; 1 turns it off (default: the recipe's).", min=0.0)] = None,
     class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name, several as 3,7, 'all' (the default), or 'none' (unconditional). A model trained with conditioning: none takes no --class.")] = None,
@@ -42,7 +42,7 @@ def sample_cmd(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/sample"),
     device: Device = "auto",
 ) -> None:
-    """Generate images with the DDIM or DDPM sampler from a trained latent diffusion model.
+    """Generate images with the DDIM, DPM-Solver++(2M) or DDPM sampler from a trained latent diffusion model.
 
     Example: [bold]vd sample --steps 50 --sampler ddim --class seven --n 16[/]
 
@@ -53,19 +53,22 @@ def sample_cmd(
 
     from vdcli.checkpoint import load_checkpoint
     from vdcli.device import pick_device
+    from vdcli.diffusion import SAMPLERS
     from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm as tasks
 
     path, found = find_checkpoint(checkpoint, "ldm")
     model = tasks.load_ldm(load_checkpoint(path, "ldm"), pick_device(device))
     sampler = sampler or model.defaults.sampler
-    if sampler not in ("ddim", "ddpm"):
-        raise VdError(f"--sampler {sampler}: expected ddim or ddpm")
-    steps = steps or (model.defaults.steps if sampler == "ddim" else model.schedule.T)
+    if sampler not in SAMPLERS:
+        raise VdError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
+    steps = steps or (model.schedule.T if sampler == "ddpm" else model.defaults.steps)
     if steps > model.schedule.T:
         raise VdError(f"--steps {steps}: this model was trained with T = {model.schedule.T} timesteps; use at most {model.schedule.T}")
     classes, names, w = tasks.condition(model, class_, guidance)
-    eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 1.0)
+    if eta is not None and sampler != "ddim":
+        raise VdError(f"--eta {eta:g}: only the ddim sampler takes eta ({sampler} is {'stochastic' if sampler == 'ddpm' else 'deterministic'} by construction)")
+    eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 0.0)
     t0 = time.perf_counter()
     samples, frames = tasks.generate_batched(model, torch.tensor(classes).repeat_interleave(n), batch_size,
                                              generator=torch.Generator().manual_seed(seed), trajectory=trajectory,
@@ -87,7 +90,7 @@ def sample_cmd(
         written.append(images.save_gif(gif, out / "trajectory.gif", fps=max(4.0, len(gif) / 5), hold_ends=1.0))
     say(
         f"using {found}",
-        f"[bold]{len(samples)} images[/] ({', '.join(names)}; {sampler.upper()} {steps} steps, eta {eta:g}, guidance {w:g}, seed {seed}) "
+        f"[bold]{len(samples)} images[/] ({', '.join(names)}; {sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, guidance {w:g}, seed {seed}) "
         f"in {duration(seconds)}, {seconds / len(samples) * 1000:.0f} ms per image",
         "wrote " + ", ".join(str(p) for p in written),
     )

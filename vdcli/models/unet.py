@@ -192,9 +192,15 @@ class UNet(nn.Module):
         self.norm_out = _norm(c)
         self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))  # the untrained model predicts 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                control: list[torch.Tensor] | None = None) -> torch.Tensor:
         """x [B, C, H, W]; t [B] integer or fractional timesteps; y [B] labels in 0..num_classes (the null),
-        or None for a model built with num_classes = 0."""
+        or None for a model built with num_classes = 0.
+
+        ``control``: a ControlNet's residuals (Zhang et al. 2023, sec. 3.2), one per skip
+        connection in the order the down path makes them, then one for the middle block's output;
+        each is added to what it matches before the up path reads it.
+        """
         # Ho et al. apply this SiLU in every block, before its projection of emb: the same function, computed once.
         emb = F.silu(self.cond(t, y))  # (B, emb_dim)
         h = self.conv_in(x)  # (B, widths[0], H, W)
@@ -203,6 +209,11 @@ class UNet(nn.Module):
             h = layer(h) if isinstance(layer, Downsample) else layer(h, emb)
             skips.append(h)
         h = self.mid2(self.mid1(h, emb), emb)  # (B, widths[-1], H / 2^(levels-1), W / 2^(levels-1))
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"control has {len(control)} residuals; this U-Net needs {len(skips) + 1}")
+            skips = [s + c for s, c in zip(skips, control)]
+            h = h + control[-1]
         for layer in self.up:
             h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, skips.pop()], dim=1), emb)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)

@@ -194,16 +194,14 @@ def inpaint(
     z_known = ldm.encode(to_float(image)[None])  # (1, c, h, w)
     # A latent cell is regenerated if any of its f x f pixels is masked.
     free = torch.nn.functional.max_pool2d(mask[None, None].float(), f).to(ldm.device)  # (1, 1, h, w)
-    ts = timesteps(steps, ldm.schedule.T)
     labels = torch.full((n,), label, device=ldm.device)
 
-    def keep_known(i: int, t: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        if t_prev < 0:
+    def keep_known(i: int, t_next: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        if t_next < 0:
             known = z_known.expand_as(x)
         else:
             eps = torch.randn(x.shape, generator=generator).to(x)
-            known = add_noise(ldm.schedule, z_known.expand_as(x), eps, torch.full((n,), t_prev))
+            known = add_noise(ldm.schedule, z_known.expand_as(x), eps, torch.full((n,), t_next))
         return free * x + (1 - free) * known
 
     noise = torch.randn((n, *ldm.latent_shape), generator=generator).to(ldm.device)
