@@ -91,9 +91,14 @@ def test_folder_dataset_needs_a_path(tmp_path):
 
 
 def test_dit_is_selected_by_one_key(tmp_path):
-    recipe = load_recipe(write(tmp_path, "kind: ldm\nmodel:\n  arch: dit\n  depth: 2\n"), "ldm")
+    recipe = load_recipe(write(tmp_path, "kind: ldm\ndata:\n  image_size: 32\nmodel:\n  arch: dit\n  depth: 2\n"), "ldm")
     assert isinstance(recipe, LDMRecipe) and recipe.model.arch == "dit" and recipe.model.depth == 2
 
 
-def test_empty_recipe_gets_the_defaults(tmp_path):
-    assert load_recipe(write(tmp_path, ""), "vit") == ViTRecipe()
+def test_empty_recipe_is_an_error_not_every_default(tmp_path):
+    for text in ("", "# only a comment\n", "---\n", "null\n"):
+        assert "r.yaml: the recipe is empty" in error_of(write(tmp_path, text), "vit")
+
+
+def test_a_recipe_of_only_its_kind_gets_the_defaults(tmp_path):
+    assert load_recipe(write(tmp_path, "kind: vit\n"), "vit") == ViTRecipe()

@@ -25,7 +25,8 @@ from safetensors.torch import load_file, save_file
 from vdcli import __version__
 from vdcli.errors import VdError
 
-KINDS = {"vit": "a ViT classifier (vd train-vit)", "vae": "a VAE (vd train-vae)", "ldm": "a latent diffusion model (vd train-ldm)"}
+KINDS = {"vit": "a ViT classifier (vd train-vit)", "vae": "a VAE (vd train-vae)", "ldm": "a latent diffusion model (vd train-ldm)",
+         "clip": "a CLIP image-text model (vd train-clip)"}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, mode
 from vdcli.config import Section
 from vdcli.diffusion import DiffusionConfig
 from vdcli.errors import VdError
+from vdcli.models.clip import CLIPConfig
 from vdcli.models.dit import DiTConfig
 from vdcli.models.unet import UNetConfig
 from vdcli.models.vae import VAEConfig
@@ -50,7 +51,7 @@ class TrainConfig(Section):
     """The shared training loop's settings (``trainer.py``): AdamW, warm-up + cosine, EMA."""
 
     steps: int = Field(2000, gt=0)
-    seed: int = 0  # initial weights, batch order and every random draw of step s depend on (seed, s) only
+    seed: int = Field(0, ge=0, lt=2**32)  # initial weights, batch order and every random draw of step s depend on (seed, s) only
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable on CUDA too, slower
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -73,6 +74,11 @@ class VAETrainConfig(TrainConfig):
 
 class LDMTrainConfig(TrainConfig):
     cond_drop_prob: float = Field(0.1, ge=0, le=1)  # labels dropped to the null class, for guidance
+
+
+class CLIPTrainConfig(TrainConfig):
+    shift: int = Field(1, ge=0)  # training images move by up to this many pixels (the captions' attributes do not change)
+    eval_images: int = Field(2000, gt=0)  # test images scored at the periodic evaluations (all of them at the end)
 
 
 class SampleConfig(Section):
@@ -114,6 +120,21 @@ class VAERecipe(Section):
     train: VAETrainConfig = VAETrainConfig()
 
 
+class CLIPRecipe(Section):
+    kind: Literal["clip"] = "clip"
+    data: DataConfig = DataConfig()
+    model: CLIPConfig = CLIPConfig()
+    train: CLIPTrainConfig = CLIPTrainConfig()
+
+
+class CLIPStage(Section):
+    """The text stage of a text LDM recipe: a trained CLIP, or the recipe to train one (on the LDM's data)."""
+
+    checkpoint: str | None = None  # a CLIP checkpoint file or run folder (vd train-clip); None: train one first
+    model: CLIPConfig = CLIPConfig()
+    train: CLIPTrainConfig = CLIPTrainConfig()
+
+
 class VAEStage(Section):
     """The first stage of an LDM recipe: a trained VAE, or the recipe to train one."""
 
@@ -135,16 +156,23 @@ class LDMRecipe(Section):
     sample: SampleConfig = SampleConfig()
 
 
-RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe}
-COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm"}
-SHIPPED = {"vit": "recipes/mnist_vit.yaml", "vae": "recipes/mnist_vae.yaml", "ldm": "recipes/mnist_latent.yaml"}
+DENOISER_RECIPES = {"unet": "recipes/mnist_latent.yaml", "dit": "recipes/mnist_latent_dit.yaml"}
+NAMES = {"unet": "U-Net", "dit": "DiT"}
+RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe, "clip": CLIPRecipe}
+COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm", "clip": "vd train-clip"}
+SHIPPED = {"vit": "recipes/mnist_vit.yaml", "vae": "recipes/mnist_vae.yaml", "ldm": "recipes/mnist_latent.yaml",
+           "clip": "recipes/mnist_clip.yaml"}
 
 
 # --- loading -------------------------------------------------------------------------------
 
 
-def load_recipe(path: str | Path, kind: str, overrides: list[str] = ()) -> Section:
-    """Read a YAML recipe, apply ``--set key.path=value`` overrides and validate it as ``kind``."""
+def load_recipe(path: str | Path, kind: str, overrides: list[str] = (), notes: list[str] | None = None) -> Section:
+    """Read a YAML recipe, apply ``--set key.path=value`` overrides and validate it as ``kind``.
+
+    What loading changed besides the overrides (keys dropped by ``--set model.arch=...``) is
+    appended to ``notes``, for the caller to show.
+    """
     path = Path(path)
     if not path.is_file():
         hint = " (it is a folder)" if path.is_dir() else ""
@@ -156,16 +184,23 @@ def load_recipe(path: str | Path, kind: str, overrides: list[str] = ()) -> Secti
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise VdError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    raw = {} if raw is None else raw
+    if raw is None:  # an empty file, or only comments: training "every default" is never what was meant
+        raise VdError(f"{path}: the recipe is empty; it needs at least 'kind: {kind}' and the sections to change, "
+                      f"e.g. {SHIPPED[kind]}")
     if not isinstance(raw, dict):
-        raise VdError(f"{path}: a recipe is a mapping of sections (data:, model:, train:, ...), not a {type(raw).__name__}")
-    return validate_recipe(raw, kind, source=str(path), overrides=overrides, lines=_key_lines(text))
+        raise VdError(f"{path}: a recipe is a mapping of sections (kind:, data:, model:, train:, ...), not a {type(raw).__name__}")
+    return validate_recipe(raw, kind, source=str(path), overrides=overrides, lines=_key_lines(text), notes=notes)
 
 
 def validate_recipe(
-    raw: dict, kind: str, source: str = "<recipe>", overrides: list[str] = (), lines: dict | None = None
+    raw: dict, kind: str, source: str = "<recipe>", overrides: list[str] = (), lines: dict | None = None,
+    notes: list[str] | None = None,
 ) -> Section:
-    """Validate a recipe given as a dict (what ``load_recipe`` does after reading the file)."""
+    """Validate a recipe given as a dict (what ``load_recipe`` does after reading the file).
+
+    Each section is checked alone, then the constraints between sections (``_conflicts``); both
+    name the file and line, or the ``--set``, that holds the offending value.
+    """
     found = raw.get("kind", kind)
     if found != kind:
         hint = f"; train it with {COMMANDS[found]}" if found in COMMANDS else ""
@@ -175,11 +210,37 @@ def validate_recipe(
     for item in overrides:
         keys = _apply_override(raw, item)
         set_lines[keys] = item
+    if kind == "ldm":
+        _switch_denoiser(raw, set_lines, source, lines or {}, notes)
     cls = RECIPES[kind]
     try:
-        return cls.model_validate(raw)
+        recipe = cls.model_validate(raw)
     except ValidationError as e:
         raise VdError(_explain(e, cls, source, lines or {}, set_lines)) from None
+    for paths, problem in _conflicts(recipe):
+        raise VdError(f"{_blame(paths, source, lines or {}, set_lines)}: {problem}")
+    return recipe
+
+
+def _switch_denoiser(raw: dict, set_lines: dict, source: str, lines: dict, notes: list[str] | None) -> None:
+    """``--set model.arch=dit`` on a U-Net recipe (or the reverse): drop the file's keys the other
+    denoiser does not have, with a note, so that the switch is one option as the README says.
+    Keys given with --set are never dropped: a wrong one is still an error."""
+    if ("model", "arch") not in set_lines or not isinstance(raw.get("model"), dict):
+        return
+    arch = raw["model"].get("arch")
+    sections = {"unet": UNetSection, "dit": DiTSection}
+    if arch not in sections:
+        return  # the union's own error lists the valid values
+    valid = sections[arch].model_fields
+    dropped = [k for k in raw["model"] if k not in valid and ("model", k) not in set_lines]
+    if not dropped:
+        return
+    raw["model"] = {k: v for k, v in raw["model"].items() if k not in dropped}
+    where = f"{source}:{lines[('model',)]}" if ("model",) in lines else source
+    if notes is not None:
+        notes.append(f"note: --set {set_lines[('model', 'arch')]} ignores the other denoiser's keys in {where}: "
+                     f"{', '.join('model.' + k for k in dropped)}; the {NAMES[arch]} recipe to start from: {DENOISER_RECIPES[arch]}")
 
 
 def _apply_override(raw: dict, item: str) -> tuple[str, ...]:
@@ -187,6 +248,8 @@ def _apply_override(raw: dict, item: str) -> tuple[str, ...]:
     if not sep or not key.strip():
         raise VdError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-4")
     keys = tuple(key.strip().split("."))
+    if not all(keys):
+        raise VdError(f"--set {item}: an empty key between dots; a key path looks like train.lr")
     node = raw
     for k in keys[:-1]:
         child = node.get(k) or {}
@@ -223,10 +286,79 @@ def _explain(error: ValidationError, cls: type[BaseModel], source: str, lines: d
     return f"{where}: {dotted}: {msg}{shown}{tail}"
 
 
+# --- constraints between sections ---------------------------------------------------------
+# Each section validates itself (heads against widths, in the model configs); these need two
+# sections at once. They are checked at load, so that a shape that cannot be built fails with the
+# recipe's line before any data is read, instead of in a model constructor.
+
+
+def _divisors(n: int, limit: int = 16) -> str:
+    return ", ".join(str(d) for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _conflicts(recipe: Section) -> list[tuple[tuple[tuple[str, ...], ...], str]]:
+    """(the key paths involved, what is wrong) for every constraint the recipe breaks."""
+    out = []
+    size = recipe.data.image_size
+    if isinstance(recipe, (ViTRecipe, CLIPRecipe)):
+        model = recipe.model if isinstance(recipe, ViTRecipe) else recipe.model.image  # CLIP's image tower is a ViT
+        p, key = model.patch_size, ("model", "patch_size") if isinstance(recipe, ViTRecipe) else ("model", "image", "patch_size")
+        if size % p:
+            out.append(((key, ("data", "image_size")),
+                        f"{'.'.join(key)} {p} does not divide data.image_size {size}: the ViT cuts the image into "
+                        f"whole patches; use a divisor of {size} ({_divisors(size)}) or another image size"))
+        return out
+    vae, prefix = (recipe.model, "model") if isinstance(recipe, VAERecipe) else (recipe.vae.model, "vae.model")
+    if isinstance(recipe, LDMRecipe) and recipe.vae.checkpoint:
+        return out  # the latent size is the named VAE's: checked when the first stage is read
+    f = vae.downsample
+    if size % f:
+        up = -(-size // f) * f
+        out.append(((("data", "image_size"), tuple(f"{prefix}.downsample".split("."))),
+                    f"data.image_size {size} is not a multiple of {prefix}.downsample {f}, so the latent grid would "
+                    f"not be whole; use data.image_size {up} (smaller images are zero-padded to it) or a smaller {prefix}.downsample"))
+        return out
+    if isinstance(recipe, LDMRecipe):
+        out += denoiser_conflicts(recipe.model, size // f, f"{size}/{f}")
+    return out
+
+
+def denoiser_conflicts(model: Section, latent: int, how: str = "") -> list[tuple[tuple[tuple[str, ...], ...], str]]:
+    """Whether the denoiser fits a latent grid of side ``latent``: whole DiT patches, or a U-Net that can halve it."""
+    side = f"the {latent}x{latent} latent grid" + (f" ({how})" if how else "")
+    if model.arch == "dit" and latent % model.patch_size:
+        return [((("model", "patch_size"),), f"model.patch_size {model.patch_size} does not divide {side}; "
+                 f"use a divisor of {latent} ({_divisors(latent)})")]
+    levels = len(getattr(model, "channel_mult", ()))
+    if model.arch == "unet" and latent % 2 ** (levels - 1):
+        return [((("model", "channel_mult"),), f"model.channel_mult has {levels} levels, so the U-Net halves {side} "
+                 f"{levels - 1} times, which does not come out whole; use fewer levels or a larger image")]
+    return []
+
+
+def _blame(paths: tuple[tuple[str, ...], ...], source: str, lines: dict, set_lines: dict) -> str:
+    """Where a constraint broke: the --set that changed one of ``paths`` (the likeliest cause), else
+    the first of them written in the file."""
+    for path in paths:
+        for n in range(len(path), 0, -1):
+            if path[:n] in set_lines:
+                return f"--set {set_lines[path[:n]]}"
+    for path in paths:
+        if path in lines:
+            return f"{source}:{lines[path]}"
+    return _where(paths[0], source, lines, set_lines)
+
+
 def _where(loc: tuple, source: str, lines: dict, set_lines: dict) -> str:
+    """The --set or file:line that holds ``loc``. A problem with a whole section (model.heads against
+    model.dim) is blamed on a --set inside it, if any: the value just changed is the likeliest cause."""
     for n in range(len(loc), 0, -1):
         if loc[:n] in set_lines:
             return f"--set {set_lines[loc[:n]]}"
+    inside = [keys for keys in set_lines if len(keys) > len(loc) and keys[: len(loc)] == loc]
+    if loc and inside:
+        return f"--set {set_lines[inside[-1]]}"
+    for n in range(len(loc), 0, -1):
         if loc[:n] in lines:
             return f"{source}:{lines[loc[:n]]}"
     return source

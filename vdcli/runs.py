@@ -15,6 +15,7 @@ the right kind under ``runs/``.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -34,6 +35,31 @@ class Run:
         self.checkpoint = self.dir / CHECKPOINT
         self.metrics = self.dir / "metrics.jsonl"
         self.recipe = self.dir / "recipe.yaml"
+        self._undo: tuple[list[Path], str | None] | None = None  # set by new_run: what discard() restores
+
+    def discard(self) -> bool:
+        """Remove a run that was refused before it saved anything (bad data path, unusable VAE ...):
+        its folder, the folders ``new_run`` made for it, and the ``latest`` pointer put back.
+        A run with a checkpoint, or one not made by ``new_run``, is kept. True if removed."""
+        if self._undo is None or any(self.dir.rglob("*.safetensors")):  # a VAE stage's checkpoint counts too
+            return False
+        made, previous = self._undo
+        shutil.rmtree(self.dir, ignore_errors=True)
+        link = self.dir.parent / "latest"
+        try:
+            if link.is_symlink():
+                link.unlink()
+            if previous is not None:
+                link.symlink_to(previous, target_is_directory=True)
+        except OSError:
+            pass
+        for folder in made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty: something else lives there
+        self._undo = None
+        return True
 
     def __repr__(self) -> str:
         return f"Run({self.dir})"
@@ -42,20 +68,27 @@ class Run:
 def new_run(root: Path, name: str) -> Run:
     """A fresh run folder for recipe ``name``, and the ``latest`` pointer moved to it."""
     base = Path(root) / name
+    made, missing = [], base
+    while not missing.exists() and missing != missing.parent:  # the folders mkdir makes, innermost first
+        made.append(missing)
+        missing = missing.parent
+    link = base / "latest"
+    previous = os.readlink(link) if link.is_symlink() else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder, n = base / stamp, 1
     while folder.exists():
         n += 1
         folder = base / f"{stamp}-{n}"
     folder.mkdir(parents=True)
-    link = base / "latest"
     try:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(folder.name, target_is_directory=True)
     except OSError:
         pass  # no symlinks here (some Windows set-ups): finding the newest run does not need them
-    return Run(folder)
+    run = Run(folder)
+    run._undo = (made, previous)
+    return run
 
 
 def last_run(root: Path, name: str) -> Run:

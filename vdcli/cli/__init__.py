@@ -6,13 +6,14 @@ stderr and exit code 2 (``vd --debug ...`` shows the traceback); anything else i
 its traceback.
 
 One module per command family, mirroring ``vdcli/tasks/``: ``vit`` (patchify, train-vit,
-attn-map), ``vae`` (train-vae, interpolate), ``ldm`` (train-ldm, sample, inpaint). ``app`` holds
+attn-map), ``vae`` (train-vae, interpolate), ``text`` (train-clip), ``ldm`` (train-ldm, sample, inpaint). ``app`` holds
 the Typer app and the error handling, ``options`` the option types they share.
 """
 
 # Importing a module registers its commands, in the order --help lists them: the order of learning.
 from vdcli.cli import vit  # noqa: F401, I001
 from vdcli.cli import vae  # noqa: F401
+from vdcli.cli import text  # noqa: F401
 from vdcli.cli import ldm  # noqa: F401
 from vdcli.cli.app import app, main
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from vdcli import __version__
-from vdcli.cli.options import DataRoot, Device, Quiet, Resume, RunsDir, Seed, Sets
+from vdcli.cli.options import DataRoot, Device, Quiet, Resume, RunsDir, Seed, Sets, check_data_root, check_device, check_out
 from vdcli.errors import VdError
 
 app = typer.Typer(
@@ -92,16 +92,16 @@ def duration(seconds: float) -> str:
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
-def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path):
+def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes: list[str] | None = None):
     from vdcli.recipe import load_recipe, recipe_to_yaml
     from vdcli.runs import last_run, new_run
 
     overrides = list(sets or []) + ([f"train.seed={seed}"] if seed is not None else [])
     if resume:
         run = last_run(out, recipe.stem)
-        validated = load_recipe(run.recipe, kind, overrides)
+        validated = load_recipe(run.recipe, kind, overrides, notes)
     else:
-        validated = load_recipe(recipe, kind, overrides)
+        validated = load_recipe(recipe, kind, overrides, notes)
         run = new_run(out, recipe.stem)
     run.recipe.write_text(recipe_to_yaml(validated))
     return validated, run
@@ -109,7 +109,8 @@ def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path):
 
 def train_command(kind: str, name: str, doc: str):
     """Register ``vd <name> RECIPE``: the same options for every kind; ``report`` prints the summary."""
-    label, example = {"vit": ("A ViT", "mnist_vit.yaml"), "vae": ("A VAE", "mnist_vae.yaml"), "ldm": ("An LDM", "mnist_latent.yaml")}[kind]
+    label, example = {"vit": ("A ViT", "mnist_vit.yaml"), "vae": ("A VAE", "mnist_vae.yaml"), "ldm": ("An LDM", "mnist_latent.yaml"),
+                      "clip": ("A CLIP", "mnist_clip.yaml")}[kind]
 
     def register(report):
         def train(
@@ -124,11 +125,20 @@ def train_command(kind: str, name: str, doc: str):
         ) -> None:
             import importlib
 
-            from vdcli.device import pick_device
-
+            check_out(out)
+            check_data_root(data_root)
+            where = check_device(device)
             task = importlib.import_module(f"vdcli.tasks.{kind}")
-            validated, run = _prepare(kind, recipe, set_, seed, resume, out)
-            report(task.train(validated, run, device=pick_device(device), data_root=data_root, resume=resume, quiet=quiet))
+            notes: list[str] = []
+            validated, run = _prepare(kind, recipe, set_, seed, resume, out, notes)
+            if not quiet:
+                say(*notes)
+            try:
+                summary = task.train(validated, run, device=where, data_root=data_root, resume=resume, quiet=quiet)
+            except VdError:
+                run.discard()  # refused before it saved anything (data not found, unusable VAE ...): leave no trace
+                raise
+            report(summary)
 
         train.__doc__ = doc
         train.__name__ = f"{kind}_train"

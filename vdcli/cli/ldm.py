@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from vdcli.cli.app import command, duration, say, train_command
-from vdcli.cli.options import DataRoot, Device
+from vdcli.cli.options import DataRoot, Device, check_choice, check_data_root, check_device, check_input, check_items, check_out, check_steps
 from vdcli.errors import VdError
 
 
@@ -34,45 +34,50 @@ def sample_cmd(
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the recipe's for DDIM and DPM-Solver++, all T for DDPM).", min=1)] = None,
     eta: Annotated[Optional[float], typer.Option(help="DDIM noise: 0 is deterministic, 1 is DDPM-like.", min=0.0)] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale w; 1 turns it off (default: the recipe's).", min=0.0)] = None,
-    class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name, several as 3,7, 'all' (the default), or 'none' (unconditional). A model trained with conditioning: none takes no --class.")] = None,
-    n: Annotated[int, typer.Option("--n", help="Images per class.", min=1)] = 8,
+    class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name, several as 3,7, 'all' (the default), or 'none' (unconditional). A model trained with conditioning: none takes no --class; on a text model --class 7 is the prompt '7'.")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A text model's prompt, e.g. 'a bold seven'; repeat for one row per prompt; '' is unconditional.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What guidance steers away from (text models; default: the empty prompt).")] = None,
+    n: Annotated[int, typer.Option("--n", help="Images per class or prompt.", min=1)] = 8,
     batch_size: Annotated[int, typer.Option(help="Images denoised at once.", min=1)] = 256,
     trajectory: Annotated[bool, typer.Option("--trajectory", help="Also write trajectory.gif: the predicted x0 at every step.")] = False,
-    seed: Annotated[int, typer.Option(help="Same seed and options, same images.")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed and options, same images.", min=0, max=2**32 - 1)] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/sample"),
     device: Device = "auto",
 ) -> None:
     """Generate images with the DDIM, DPM-Solver++(2M) or DDPM sampler from a trained latent diffusion model.
 
     Example: [bold]vd sample --steps 50 --sampler ddim --class seven --n 16[/]
+    A text model: [bold]vd sample --prompt "a bold seven" --prompt "a thin 2 leaning left" --n 8[/]
 
-    Writes grid.png (one row per class), every image as images/<class>_<i>.png, and with
+    Writes grid.png (one row per class or prompt), every image as images/<class>_<i>.png, and with
     --trajectory an animated GIF of the denoising.
     """
     import torch
 
     from vdcli.checkpoint import load_checkpoint
-    from vdcli.device import pick_device
     from vdcli.diffusion import SAMPLERS
     from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm as tasks
 
+    check_input(checkpoint, "--checkpoint")
+    check_choice(sampler, "--sampler", tuple(SAMPLERS))
+    check_items(class_, "--class", "3,7")
+    check_out(out)
+    where = check_device(device)
     path, found = find_checkpoint(checkpoint, "ldm")
-    model = tasks.load_ldm(load_checkpoint(path, "ldm"), pick_device(device))
+    model = tasks.load_ldm(load_checkpoint(path, "ldm"), where)
     sampler = sampler or model.defaults.sampler
-    if sampler not in SAMPLERS:
-        raise VdError(f"--sampler {sampler}: expected one of {', '.join(SAMPLERS)}")
     steps = steps or (model.schedule.T if sampler == "ddpm" else model.defaults.steps)
-    if steps > model.schedule.T:
-        raise VdError(f"--steps {steps}: this model was trained with T = {model.schedule.T} timesteps; use at most {model.schedule.T}")
-    classes, names, w = tasks.condition(model, class_, guidance)
+    check_steps(steps, model.schedule.T)
+    classes, names, w = tasks.condition(model, class_, guidance, prompts=prompt, negative=negative_prompt)
     if eta is not None and sampler != "ddim":
         raise VdError(f"--eta {eta:g}: only the ddim sampler takes eta ({sampler} is {'stochastic' if sampler == 'ddpm' else 'deterministic'} by construction)")
     eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 0.0)
     t0 = time.perf_counter()
-    samples, frames = tasks.generate_batched(model, torch.tensor(classes).repeat_interleave(n), batch_size,
+    negative = None if negative_prompt is None else [negative_prompt] * (len(classes) * n)
+    samples, frames = tasks.generate_batched(model, tasks.repeat(classes, n), batch_size,
                                              generator=torch.Generator().manual_seed(seed), trajectory=trajectory,
-                                             sampler=sampler, steps=steps, eta=eta, guidance=w)
+                                             sampler=sampler, steps=steps, eta=eta, guidance=w, negative=negative)
     seconds = time.perf_counter() - t0
 
     from vdcli import images
@@ -101,11 +106,13 @@ def inpaint_cmd(
     image: Annotated[str, typer.Argument(help="The image: a file or a dataset reference such as mnist:test:0.")],
     mask: Annotated[str, typer.Option(help="What to fill: an image file (white = fill, black = keep) or box:X0,Y0,X1,Y1 in pixels.")],
     checkpoint: Annotated[Optional[str], typer.Option(help="An LDM checkpoint or run folder (default: the newest LDM run).")] = None,
-    class_: Annotated[str, typer.Option("--class", help="The class the filled image should be (index or name), or 'none'.")] = "none",
+    class_: Annotated[Optional[str], typer.Option("--class", help="The class the filled image should be (index or name), or 'none' (the default).")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="A text model's prompt for the filling, e.g. 'a bold seven'.")] = None,
+    negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What guidance steers away from (text models).")] = None,
     n: Annotated[int, typer.Option("--n", help="How many different fillings.", min=1)] = 4,
     steps: Annotated[int, typer.Option(help="DDIM steps.", min=1)] = 50,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale with --class (default: the recipe's).", min=0.0)] = None,
-    seed: Annotated[int, typer.Option(help="Same seed, same fillings.")] = 0,
+    seed: Annotated[int, typer.Option(help="Same seed, same fillings.", min=0, max=2**32 - 1)] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/inpaint"),
     device: Device = "auto",
     data_root: DataRoot = None,
@@ -122,20 +129,30 @@ def inpaint_cmd(
     from vdcli import images
     from vdcli.checkpoint import load_checkpoint
     from vdcli.data import load_input, read_mask
-    from vdcli.device import pick_device
     from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm as tasks
 
+    check_input(image, "IMAGE")
+    check_input(mask, "--mask")
+    check_input(checkpoint, "--checkpoint")
+    check_items(class_, "--class", "7")
+    check_out(out)
+    check_data_root(data_root)
+    where = check_device(device)
     path, found = find_checkpoint(checkpoint, "ldm")
     ckpt = load_checkpoint(path, "ldm")
-    model, spec = tasks.load_ldm(ckpt, pick_device(device)), ckpt.meta["data"]
+    model, spec = tasks.load_ldm(ckpt, where), ckpt.meta["data"]
+    check_steps(steps, model.schedule.T)
     pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
     size = spec["image_size"]
     region = read_mask(mask, size)
     if not region.any():
         raise VdError(f"--mask {mask} selects no pixel: white (or the box) marks what to fill")
-    (label,), (name,), w = tasks.condition(model, class_, guidance, single=True)
-    filled = tasks.inpaint(model, pixels, region, label, n=n, steps=steps, guidance=w, generator=torch.Generator().manual_seed(seed))
+    spec = "none" if class_ is None and prompt is None else class_
+    (label,), (name,), w = tasks.condition(model, spec, guidance, single=True, prompts=[prompt] if prompt is not None else None,
+                                           negative=negative_prompt)
+    filled = tasks.inpaint(model, pixels, region, label, n=n, steps=steps, guidance=w, negative=negative_prompt,
+                           generator=torch.Generator().manual_seed(seed))
     out.mkdir(parents=True, exist_ok=True)
     masked = torch.where(region[None], torch.full_like(pixels, 128), pixels)
     written = [images.save(images.grid(torch.cat([pixels[None], masked[None], filled]), nrow=n + 2), out / "inpaint.png")]

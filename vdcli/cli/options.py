@@ -1,15 +1,96 @@
-"""Options every command spells the same way: one definition each, imported by the command modules."""
+"""Options every command spells the same way, one definition each, and the checks that refuse a bad
+value before a command loads anything: both imported by the command modules."""
 
+import difflib
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from vdcli.errors import VdError
+
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps; auto picks CUDA when present.")]
-Seed = Annotated[Optional[int], typer.Option(help="Random seed (training: overrides train.seed). Same seed, same result on the CPU.")]
+Seed = Annotated[Optional[int], typer.Option(min=0, max=2**32 - 1, help="Random seed (training: overrides train.seed). Same seed, same result on the CPU.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")]
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key, e.g. --set train.lr=3e-4 (repeatable).")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Where datasets live (else $VD_DATA_ROOT, else ~/.cache/vd/data).")]
 RunsDir = Annotated[Path, typer.Option("--out", help="Folder that holds the runs (runs/<recipe>/<time>/).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the newest run of this recipe from its last checkpoint.")]
 
+
+
+# --- checks every command runs on its options before it loads anything heavy -----------------
+# Each raises VdError, one line that names the option and the value, which the CLI prints
+# without a traceback (exit 2). Command modules call them first thing, e.g.
+#     check_out(out); check_text(class_, "--class"); check_choice(mode, "--mode", MODES)
+
+
+def _shown(value: str) -> str:
+    return value if value.strip() else repr(value)
+
+
+def check_text(value: str | None, option: str) -> str | None:
+    """A string option that, when given, must not be empty or blank (None: not given)."""
+    if value is not None and not value.strip():
+        raise VdError(f"{option} {value!r}: empty; give a value or leave {option} out")
+    return value
+
+
+def check_items(value: str | None, option: str, example: str) -> list[str] | None:
+    """A comma-separated list option ('3,7'): no empty list and no empty item."""
+    if value is None:
+        return None
+    check_text(value, option)
+    parts = [p.strip() for p in value.split(",")]
+    if not all(parts):
+        raise VdError(f"{option} {_shown(value)}: an empty item in the list; separate items with single commas, e.g. {option} {example}")
+    return parts
+
+
+def check_choice(value: str | None, option: str, choices) -> str | None:
+    """One of ``choices``; a miss names the nearest."""
+    if value is None or value in choices:
+        return value
+    close = difflib.get_close_matches(value, list(choices), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise VdError(f"{option} {_shown(value)}: expected {', '.join(choices[:-1])} or {choices[-1]}{hint}")
+
+
+def check_out(path: Path, option: str = "--out") -> Path:
+    """A folder the command writes into: it may not exist yet, but it may not be (or be under) a file."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"is under {folder}, which is a file"
+                raise VdError(f"{option} {path}: {what}; {option} names a folder to write into, pick another")
+            break
+    return path
+
+
+def check_input(value: str | None, option: str) -> str | None:
+    """A path or reference the command reads (an image, a checkpoint, a mask): not empty when given."""
+    return check_text(value, option)
+
+
+def check_device(name: str):
+    """--device, resolved now (a typo or a missing GPU is refused before anything is loaded)."""
+    from vdcli.device import pick_device
+
+    check_text(name, "--device")
+    return pick_device(name)
+
+
+def check_data_root(path: Path | None) -> Path | None:
+    """--data-root: a folder (it may be created by a download), never a file."""
+    if path is not None:
+        if not str(path).strip():
+            raise VdError("--data-root '': empty; give a folder or leave --data-root out")
+        check_out(path, "--data-root")
+    return path
+
+
+def check_steps(steps: int, T: int, option: str = "--steps") -> int:
+    """Sampling steps: at most the T timesteps the model was trained with."""
+    if steps > T:
+        raise VdError(f"{option} {steps}: this model was trained with T = {T} timesteps; use at most {T}")
+    return steps

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from vdcli.cli.app import command, duration, say, train_command
-from vdcli.cli.options import DataRoot, Device
+from vdcli.cli.options import DataRoot, Device, check_choice, check_data_root, check_device, check_input, check_out, check_steps
 from vdcli.errors import VdError
 
 
@@ -47,12 +47,16 @@ def interpolate_cmd(
     """
     from vdcli.checkpoint import KINDS, load_checkpoint
     from vdcli.data import load_input
-    from vdcli.device import pick_device
     from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm, vae
 
-    if mode not in ("slerp", "lerp"):
-        raise VdError(f"--mode {mode}: expected slerp or lerp")
+    check_input(a, "A")
+    check_input(b, "B")
+    check_input(checkpoint, "--checkpoint")
+    check_choice(mode, "--mode", ("slerp", "lerp"))
+    check_out(out)
+    check_data_root(data_root)
+    where = check_device(device)
     path, found = find_checkpoint(checkpoint, "vae")
     ckpt = load_checkpoint(path)
     if ckpt.kind not in ("vae", "ldm"):
@@ -60,10 +64,11 @@ def interpolate_cmd(
     spec = ckpt.meta["data"]
     (xa, what_a), (xb, what_b) = (load_input(x, spec["image_size"], spec["channels"], data_root) for x in (a, b))
     if ckpt.kind == "vae":
-        model, _ = vae.load_vae(ckpt, pick_device(device))
+        model, _ = vae.load_vae(ckpt, where)
         result, how = vae.interpolate(model, xa, xb, frames, mode), f"{mode} in the VAE's latent space"
     else:
-        model = ldm.load_ldm(ckpt, pick_device(device))
+        model = ldm.load_ldm(ckpt, where)
+        check_steps(steps, model.schedule.T)
         result, how = ldm.interpolate(model, xa, xb, frames, steps), f"slerp between DDIM-{steps} inversions"
     files = vae.write_interpolation(result, out, fps)
     say(f"using {found}", f"{what_a} -> {what_b}: {frames} frames ({how})", f"wrote {', '.join(str(p) for p in files)}")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from vdcli.cli.app import command, duration, say, train_command
-from vdcli.cli.options import DataRoot, Device
+from vdcli.cli.options import DataRoot, Device, check_choice, check_data_root, check_device, check_input, check_out
 from vdcli.errors import VdError
 
 
@@ -14,7 +14,7 @@ from vdcli.errors import VdError
 def patchify_cmd(
     image: Annotated[str, typer.Argument(help="An image file, or a dataset reference such as mnist:test:0.")],
     patch: Annotated[int, typer.Option(help="Patch side in pixels.", min=1)] = 16,
-    size: Annotated[Optional[int], typer.Option(help="Resize (short side) and centre-crop to SIZE x SIZE first.")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Resize (short side) and centre-crop to SIZE x SIZE first.", min=1)] = None,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/patchify"),
     data_root: DataRoot = None,
 ) -> None:
@@ -25,6 +25,9 @@ def patchify_cmd(
     Writes grid.png (patch grid, each patch numbered), sequence.png (the patches in the order the
     encoder reads them) and patches.safetensors ([N, C*P*P], values in [-1, 1]).
     """
+    check_input(image, "IMAGE")
+    check_out(out)
+    check_data_root(data_root)
     from vdcli.data import load_input
     from vdcli.tasks.vit import export_patches
 
@@ -54,8 +57,11 @@ def _report_vit(summary) -> None:
 
 @command("attn-map")
 def attn_map_cmd(
-    image: Annotated[str, typer.Argument(help="An image file, or a dataset reference such as mnist:test:42.")],
-    checkpoint: Annotated[Optional[str], typer.Option(help="A ViT checkpoint or run folder (default: the newest ViT run).")] = None,
+    image: Annotated[Optional[str], typer.Argument(help="An image file, or a dataset reference such as mnist:test:42 (not with --prompt).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="A ViT checkpoint or run folder (default: the newest ViT run); with --prompt, a text LDM's.")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Generate an image for this prompt with a text LDM (--checkpoint) and show each word's cross-attention over it.")] = None,
+    steps: Annotated[int, typer.Option(help="With --prompt: DDIM steps (the maps are averaged over them).", min=1)] = 50,
+    seed: Annotated[int, typer.Option(help="With --prompt: same seed, same image.", min=0, max=2**32 - 1)] = 0,
     layer: Annotated[int, typer.Option(help="Layer whose heads to show; -1 is the last.")] = -1,
     head: Annotated[Optional[int], typer.Option(help="Only this head (default: all).")] = None,
     mode: Annotated[str, typer.Option(help="cls: per-head class-token attention; rollout: attention rollout; both.")] = "both",
@@ -65,24 +71,34 @@ def attn_map_cmd(
     device: Device = "auto",
     data_root: DataRoot = None,
 ) -> None:
-    """Show what a trained ViT attends to: per-head class-token maps and attention rollout.
+    """Show what a trained ViT attends to (per-head class-token maps and attention rollout), or with
+    --prompt what each word of a prompt attends to in the image a text LDM generates for it.
 
     Example: [bold]vd attn-map mnist:test:42 --mode rollout --fusion max[/]
+    A text LDM: [bold]vd attn-map --prompt "a bold seven" --checkpoint runs/mnist_text/<time>[/]
     """
+    if prompt is not None:
+        if image is not None:
+            raise VdError(f"IMAGE {image} and --prompt: with --prompt the image is generated; leave IMAGE out")
+        return _prompt_attn_map(prompt, checkpoint, steps, seed, out, device)
+    if image is None:
+        raise VdError("attn-map needs an IMAGE (a file or e.g. mnist:test:42), or --prompt with a text LDM --checkpoint")
     from vdcli import images
     from vdcli.checkpoint import load_checkpoint
     from vdcli.data import load_input
-    from vdcli.device import pick_device
     from vdcli.runs import find_checkpoint
     from vdcli.tasks.vit import attention_maps, load_vit
 
-    if mode not in ("cls", "rollout", "both"):
-        raise VdError(f"--mode {mode}: expected cls, rollout or both")
-    if fusion not in ("mean", "max", "min"):
-        raise VdError(f"--fusion {fusion}: expected mean, max or min")
+    check_input(image, "IMAGE")
+    check_input(checkpoint, "--checkpoint")
+    check_choice(mode, "--mode", ("cls", "rollout", "both"))
+    check_choice(fusion, "--fusion", ("mean", "max", "min"))
+    check_out(out)
+    check_data_root(data_root)
+    where = check_device(device)
     path, found = find_checkpoint(checkpoint, "vit")
     ckpt = load_checkpoint(path, "vit")
-    model = load_vit(ckpt, pick_device(device))
+    model = load_vit(ckpt, where)
     spec = ckpt.meta["data"]
     pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
     maps = attention_maps(model, pixels, layer, fusion, discard)
@@ -109,6 +125,29 @@ def attn_map_cmd(
         f"{what}: predicted [bold]{spec['classes'][top]}[/] with probability {maps.probs[top]:.1%}",
         f"wrote {out}/: " + ", ".join(p.name for p in written),
     )
+
+
+def _prompt_attn_map(prompt: str, checkpoint: str | None, steps: int, seed: int, out: Path, device: str) -> None:
+    from vdcli import images
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks import ldm as tasks
+
+    check_input(checkpoint, "--checkpoint")
+    check_out(out)
+    where = check_device(device)
+    path, found = find_checkpoint(checkpoint, "ldm")
+    ldm = tasks.load_ldm(load_checkpoint(path, "ldm"), where)
+    result = tasks.prompt_attention(ldm, prompt, steps=steps, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    panels = [images.enlarge(images.to_pil(result.image).convert("RGB"))]
+    panels += [images.enlarge(images.heat_overlay(result.image, heat)) for heat in result.maps]
+    picture = images.hstack(panels, [prompt or "(empty prompt)", *result.words])
+    written = images.save(picture, out / "prompt_attention.png")
+    say(f"using {found}",
+        f"'{prompt}': cross-attention of {len(result.words)} token(s) ({' '.join(result.words)}), averaged over "
+        f"{steps} DDIM steps, every cross-attention layer and head (seed {seed})",
+        f"wrote {written}")
 
 
 # --- the latent space -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from vdcli.config import Section
+from vdcli.models.attention import Attention as CrossAttention
 from vdcli.models.embeddings import ConditionEmbedding
 from vdcli.models.patches import PatchEmbed, unpatchify
 from vdcli.models.vit import MLP, Attention, trunc_normal_
@@ -54,17 +55,23 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class DiTBlock(nn.Module):
     """A pre-norm transformer block whose norms, and residual gates, are set by the condition c."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # c -> 2 x (shift, scale, gate)
+        if context_dim:  # DiT's "cross-attention block" (sec. 3.2), between self-attention and MLP; class models have none
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross = CrossAttention(dim, heads, context_dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # 6 x (B, dim)
         x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        if hasattr(self, "cross"):
+            x = x + self.cross(self.norm_cross(x), context, context_mask)  # (B, N, dim): tokens read the prompt
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))  # (B, N, dim)
 
 
@@ -75,7 +82,8 @@ class DiT(nn.Module):
     built with num_classes = 0 is unconditional and takes no y.
     """
 
-    def __init__(self, cfg: DiTConfig, image_size: int, in_channels: int, num_classes: int):
+    def __init__(self, cfg: DiTConfig, image_size: int, in_channels: int, num_classes: int,
+                 context_dim: int | None = None):
         super().__init__()
         if image_size % cfg.patch_size:
             raise ValueError(f"latent size {image_size} is not a multiple of model.patch_size {cfg.patch_size}")
@@ -85,8 +93,9 @@ class DiT(nn.Module):
         # Learnable like the ViT's, where DiT uses fixed 2-D sin-cos: on latent grids of a few
         # dozen tokens, learning one vector per position is cheap and needs no extra code.
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, cfg.dim))
-        self.cond = ConditionEmbedding(num_classes, cfg.dim)
-        self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.context_dim = context_dim
+        self.cond = ConditionEmbedding(num_classes, cfg.dim, text_dim=context_dim)
+        self.blocks = nn.ModuleList(DiTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, context_dim) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim, elementwise_affine=False)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))  # c -> final (shift, scale)
         self.out = nn.Linear(cfg.dim, in_channels * cfg.patch_size**2)
@@ -101,17 +110,25 @@ class DiT(nn.Module):
                     nn.init.xavier_uniform_(layer.weight)
                     nn.init.zeros_(layer.bias)
         trunc_normal_(self.pos_embed)
-        for layer in [*(block.ada[1] for block in self.blocks), self.ada[1], self.out]:
+        cross = [block.cross.proj for block in self.blocks if hasattr(block, "cross")]  # a text model starts as the class-free one
+        for layer in [*(block.ada[1] for block in self.blocks), self.ada[1], self.out, *cross]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """As the U-Net's: a model built with ``context_dim`` takes the text's token states ``context``
+        [B, L, context_dim], their ``context_mask`` [B, L] and optionally ``pooled`` [B, context_dim] instead of y."""
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"this DiT was built for {self.image_size}x{self.image_size} latents, got {x.shape[-2]}x{x.shape[-1]}")
-        c = self.cond(t, y)  # (B, dim)
+        if (context is None) != (self.context_dim is None):
+            raise ValueError("this DiT was built " + ("with a context_dim: give it a context" if context is None
+                                                      else "without a context_dim (no text conditioning)"))
+        c = self.cond(t, y, pooled)  # (B, dim)
         h = self.patch_embed(x) + self.pos_embed  # (B, N, dim)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, context, context_mask)
         shift, scale = self.ada(c).chunk(2, dim=-1)  # 2 x (B, dim)
         h = self.out(modulate(self.norm(h), shift, scale))  # (B, N, C*P*P)
         return unpatchify(h, self.cfg.patch_size, self.in_channels, self.image_size, self.image_size)  # (B, C, S, S)

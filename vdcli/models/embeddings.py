@@ -1,4 +1,6 @@
-"""Conditioning shared by the denoisers (U-Net and DiT): timestep and class embeddings."""
+"""Conditioning shared by the denoisers (U-Net and DiT): timestep and class embeddings, and
+optionally the pooled text state (a text model's token states enter through cross-attention,
+``attention.py``)."""
 
 import math
 
@@ -32,7 +34,7 @@ class ConditionEmbedding(nn.Module):
     embedding's, so at the start every label, the null one included, would drown the timestep.
     """
 
-    def __init__(self, num_classes: int, dim: int, freq_dim: int = 256):
+    def __init__(self, num_classes: int, dim: int, freq_dim: int = 256, text_dim: int | None = None):
         super().__init__()
         self.num_classes = num_classes
         self.freq_dim = freq_dim
@@ -40,9 +42,17 @@ class ConditionEmbedding(nn.Module):
         self.class_emb = nn.Embedding(num_classes + 1, dim) if num_classes else None
         if self.class_emb is not None:
             nn.init.normal_(self.class_emb.weight, std=0.02)
+        if text_dim:  # only then, so that a class model's state dict keeps its keys
+            self.text_proj = nn.Linear(text_dim, dim)
+            nn.init.zeros_(self.text_proj.weight)  # the prompt enters through cross-attention first, this learns to help
+            nn.init.zeros_(self.text_proj.bias)
 
-    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, y: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.freq_dim))  # (B, dim)
+        if pooled is not None:
+            if not hasattr(self, "text_proj"):
+                raise ValueError("this denoiser was built without a text input; it takes no pooled text state")
+            emb = emb + self.text_proj(pooled)  # the pooled prompt, as Imagen and SDXL add it to the time embedding
         if self.class_emb is None:
             if y is not None:
                 raise ValueError("this denoiser was built without a class input (conditioning: none)")

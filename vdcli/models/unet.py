@@ -31,6 +31,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
 from vdcli.config import Section
+from vdcli.models.attention import Attention
 from vdcli.models.embeddings import ConditionEmbedding
 
 
@@ -111,16 +112,38 @@ class SelfAttention(nn.Module):
         return x + self.proj(y.transpose(-1, -2).reshape(B, C, H, W))  # heads side by side again
 
 
-class Layer(nn.Module):
-    """A residual block, then self-attention if its level has any: one skip connection's worth."""
+class CrossAttention(nn.Module):
+    """The feature map's H*W positions attend to the context tokens (Rombach et al. 2022, sec. 3.3), plus the input."""
 
-    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, heads: int | None):
+    def __init__(self, channels: int, heads: int, context_dim: int):
+        super().__init__()
+        self.norm = _norm(channels)
+        self.attn = Attention(channels, heads, context_dim)
+        _zero(self.attn.proj)  # starts as the identity, like every other block here
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        y = self.attn(tokens, context, context_mask)  # (B, HW, C)
+        return x + y.transpose(1, 2).reshape(B, C, H, W)
+
+
+class Layer(nn.Module):
+    """A residual block, then self-attention if its level has any (and cross-attention to the
+    context if the model has one): one skip connection's worth."""
+
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float, heads: int | None,
+                 context_dim: int | None = None):
         super().__init__()
         self.block = ResBlock(cin, cout, emb_dim, dropout)
         self.attn = SelfAttention(cout, heads) if heads else nn.Identity()
+        if heads and context_dim:  # only then: a class model's state dict keeps its keys
+            self.cross = CrossAttention(cout, heads, context_dim)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.attn(self.block(x, emb))
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.attn(self.block(x, emb))
+        return self.cross(h, context, context_mask) if hasattr(self, "cross") else h
 
 
 class Downsample(nn.Module):
@@ -146,7 +169,8 @@ class Upsample(nn.Module):
 class UNet(nn.Module):
     """(x_t [B, C, S, S], t [B], y [B]) -> [B, C, S, S]."""
 
-    def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, num_classes: int):
+    def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, num_classes: int,
+                 context_dim: int | None = None):
         super().__init__()
         levels = len(cfg.channel_mult)
         if image_size % 2 ** (levels - 1):
@@ -158,9 +182,10 @@ class UNet(nn.Module):
         attended = cfg.attended_levels()
 
         def make_layer(cin: int, cout: int, level: int) -> Layer:
-            return Layer(cin, cout, emb_dim, cfg.dropout, cfg.heads if level in attended else None)
+            return Layer(cin, cout, emb_dim, cfg.dropout, cfg.heads if level in attended else None, context_dim)
 
-        self.cond = ConditionEmbedding(num_classes, emb_dim)
+        self.context_dim = context_dim
+        self.cond = ConditionEmbedding(num_classes, emb_dim, text_dim=context_dim)
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
 
         # Down: every output, conv_in's included, is a skip; note their widths for the up path.
@@ -177,7 +202,7 @@ class UNet(nn.Module):
                 skips.append(c)
 
         # The middle always attends, whatever attention_levels says: at the lowest resolution it is cheap.
-        self.mid1 = Layer(c, c, emb_dim, cfg.dropout, cfg.heads)
+        self.mid1 = Layer(c, c, emb_dim, cfg.dropout, cfg.heads, context_dim)
         self.mid2 = Layer(c, c, emb_dim, cfg.dropout, None)
 
         # Up: one layer more per level than down, so that every skip is used exactly once.
@@ -193,27 +218,35 @@ class UNet(nn.Module):
         self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))  # the untrained model predicts 0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                control: list[torch.Tensor] | None = None) -> torch.Tensor:
+                control: list[torch.Tensor] | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, H, W]; t [B] integer or fractional timesteps; y [B] labels in 0..num_classes (the null),
         or None for a model built with num_classes = 0.
+
+        A model built with ``context_dim`` (text conditioning) takes instead ``context`` [B, L, context_dim],
+        the text encoder's token states, with ``context_mask`` [B, L] (True = a real token), and
+        optionally ``pooled`` [B, context_dim], the whole prompt's state, added to the time embedding.
 
         ``control``: a ControlNet's residuals (Zhang et al. 2023, sec. 3.2), one per skip
         connection in the order the down path makes them, then one for the middle block's output;
         each is added to what it matches before the up path reads it.
         """
         # Ho et al. apply this SiLU in every block, before its projection of emb: the same function, computed once.
-        emb = F.silu(self.cond(t, y))  # (B, emb_dim)
+        if (context is None) != (self.context_dim is None):
+            raise ValueError("this U-Net was built " + ("with a context_dim: give it a context" if context is None
+                                                        else "without a context_dim (no text conditioning)"))
+        emb = F.silu(self.cond(t, y, pooled))  # (B, emb_dim)
         h = self.conv_in(x)  # (B, widths[0], H, W)
         skips = [h]
         for layer in self.down:
-            h = layer(h) if isinstance(layer, Downsample) else layer(h, emb)
+            h = layer(h) if isinstance(layer, Downsample) else layer(h, emb, context, context_mask)
             skips.append(h)
-        h = self.mid2(self.mid1(h, emb), emb)  # (B, widths[-1], H / 2^(levels-1), W / 2^(levels-1))
+        h = self.mid2(self.mid1(h, emb, context, context_mask), emb)  # (B, widths[-1], H / 2^(levels-1), W / 2^(levels-1))
         if control is not None:
             if len(control) != len(skips) + 1:
                 raise ValueError(f"control has {len(control)} residuals; this U-Net needs {len(skips) + 1}")
             skips = [s + c for s, c in zip(skips, control)]
             h = h + control[-1]
         for layer in self.up:
-            h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, skips.pop()], dim=1), emb)
+            h = layer(h) if isinstance(layer, Upsample) else layer(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, C, H, W)

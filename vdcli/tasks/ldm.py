@@ -14,7 +14,7 @@ the starting noise and what to do after each step.
 
 from __future__ import annotations
 
-import shutil
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vdcli import images
-from vdcli.checkpoint import Checkpoint, atomic_write, load_checkpoint
+from vdcli.checkpoint import KINDS, Checkpoint, atomic_write, load_checkpoint, read_header
 from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
 from vdcli.errors import VdError
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, timesteps
@@ -32,7 +32,7 @@ from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, LatentNorm
 from vdcli.progress import Reporter, console
-from vdcli.recipe import LDMRecipe, SampleConfig
+from vdcli.recipe import LDMRecipe, SampleConfig, denoiser_conflicts
 from vdcli.runs import Run, find_checkpoint
 from vdcli.tasks.vae import Interpolation, encode_all, load_vae, train_stage
 from vdcli.trainer import fit, seeded_init
@@ -44,15 +44,23 @@ def build_denoiser(meta: dict) -> nn.Module:
     cfg = dict(meta["model"])
     net, config = ARCHS[cfg.pop("arch")]
     channels, size, _ = meta["latent_shape"]
-    num_classes = len(meta["data"]["classes"]) if meta.get("conditioning", "class") == "class" else 0
+    conditioning = meta.get("conditioning", "class")
+    num_classes = len(meta["data"]["classes"]) if conditioning == "class" else 0
+    if conditioning == "text":  # no labels: the prompt's token states, through cross-attention
+        return net(config(**cfg), size, channels, 0, context_dim=meta["text"]["dim"])
     return net(config(**cfg), size, channels, num_classes)
+
+
+Condition = torch.Tensor | list[str]  # one per image: class labels [B] for a class model, prompts for a text model
 
 
 @dataclass
 class LDM:
     """A trained latent diffusion model, ready to sample: denoiser, VAE, schedule, class names.
 
-    ``conditioning`` is "class" (the denoiser takes labels, ``null_class`` among them) or "none".
+    ``conditioning`` is "class" (the denoiser takes labels, ``null_class`` among them), "none", or
+    "text" (the denoiser reads prompts through ``text``, the frozen CLIP text encoder; the empty
+    prompt is the unconditional model).
     """
 
     denoiser: nn.Module
@@ -63,17 +71,48 @@ class LDM:
     latent_shape: tuple[int, int, int]
     defaults: SampleConfig
     conditioning: str = "class"
+    text: object | None = None  # a text model's tasks.clip.TextEncoder
 
     @property
     def null_class(self) -> int:
         return len(self.classes)
 
-    def model_fn(self, labels: torch.Tensor, guidance: float = 1.0):
-        """The sampler's model_fn for these labels [B]: guided for a class model; an unconditional
-        model ignores labels (they only count the images) and guidance."""
+    def null_condition(self, n: int) -> Condition:
+        """n times "no condition": the null label, or the empty prompt."""
+        return [""] * n if self.conditioning == "text" else torch.full((n,), self.null_class)
+
+    def model_fn(self, condition: Condition, guidance: float = 1.0, negative: list[str] | None = None):
+        """The sampler's model_fn for one condition per image: labels [B] (guided for a class model;
+        an unconditional model ignores them, they only count the images) or, for a text model,
+        prompts (guided against ``negative`` prompts, the empty prompt by default)."""
         if self.conditioning == "none":
             return lambda x, t: self.denoiser(x, t)
-        return guided(self.denoiser, labels.to(self.device), guidance, self.null_class)
+        if self.conditioning == "text":
+            return self.prompt_guided(list(condition), guidance, negative)
+        return guided(self.denoiser, condition.to(self.device), guidance, self.null_class)
+
+    def prompt_guided(self, prompts: list[str], w: float, negative: list[str] | None = None):
+        """Classifier-free guidance on prompts (Ho & Salimans 2022, eq. 6), in one batched call:
+
+            out = out(negative) + w (out(prompt) − out(negative)),
+
+        where the negative prompt is "" (the unconditional model, as trained by dropping 10% of
+        the captions) unless given: a negative prompt is what guidance steers away from.
+        """
+        negative = [""] * len(prompts) if negative is None else list(negative)
+        if len(negative) != len(prompts):
+            raise ValueError(f"{len(negative)} negative prompts for {len(prompts)} prompts")
+        both = prompts if w == 1.0 else prompts + negative  # encoded together: one padded length
+        states, pooled, mask = (v.to(self.device) for v in self.text.encode(both))  # (B or 2B, L, D), (., D), (., L)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if w == 1.0:
+                return self.denoiser(x, t, context=states, context_mask=mask, pooled=pooled)
+            out = self.denoiser(torch.cat([x, x]), torch.cat([t, t]), context=states, context_mask=mask, pooled=pooled)
+            cond, uncond = out.chunk(2)  # (B, ...) each
+            return uncond + w * (cond - uncond)
+
+        return model_fn
 
     @property
     def device(self) -> torch.device:
@@ -98,9 +137,14 @@ def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
         norm.load_state_dict(ckpt.weights("latent_norm"))
     else:  # a checkpoint from before per-element standardisation: one global scale factor
         norm = LatentNorm.global_scale(tuple(meta["latent_shape"]), scale)
+    text = None
+    if meta.get("conditioning") == "text":
+        from vdcli.tasks.clip import load_text_encoder
+
+        text = load_text_encoder(ckpt, device, prefix="clip")
     return LDM(denoiser.to(device).eval().requires_grad_(False), vae, norm.to(device),
                NoiseSchedule.from_config(DiffusionConfig(**meta["diffusion"])), meta["data"]["classes"],
-               tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"))
+               tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"), text)
 
 
 # --- vd sample --------------------------------------------------------------------------------
@@ -109,37 +153,44 @@ def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
 @torch.no_grad()
 def generate(
     ldm: LDM,
-    labels: torch.Tensor,
+    labels: Condition,
     *,
     sampler: str = "ddim",
     steps: int = 50,
     eta: float = 0.0,
     guidance: float = 1.0,
+    negative: list[str] | None = None,
     generator: torch.Generator | None = None,
     trajectory: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Images (uint8 [B, C, H, W]) for class ``labels`` (null_class: unconditional).
+    """Images (uint8 [B, C, H, W]) for class ``labels`` (null_class: unconditional), or for a text
+    model one prompt per image ("" is unconditional), with optional ``negative`` prompts.
 
     With ``trajectory``, also the decoded x̂_0 prediction after every step (uint8, [B, C, H, W] each).
     """
-    labels = labels.to(ldm.device)
     noise = torch.randn((len(labels), *ldm.latent_shape), generator=generator).to(ldm.device)  # CPU draw: same on every device
     frames: list[torch.Tensor] = []
 
     def record(i, t, x, x0_pred):
         frames.append(ldm.decode(x0_pred))
 
-    z = sample(ldm.model_fn(labels, guidance), noise, ldm.schedule, sampler, steps, eta,
+    z = sample(ldm.model_fn(labels, guidance, negative), noise, ldm.schedule, sampler, steps, eta,
                generator=generator, callback=record if trajectory else None)
     return ldm.decode(z), frames
 
 
-def condition(ldm: LDM, spec: str | None, guidance: float | None, single: bool = False) -> tuple[list[int], list[str], float]:
+def condition(ldm: LDM, spec: str | None, guidance: float | None, single: bool = False, prompts: list[str] | None = None,
+              negative: str | None = None) -> tuple[list, list[str], float]:
     """(labels, their names, guidance w) for a --class option: '7', 'seven', '3,7', 'all' or 'none'.
 
     'none' is the null class, sampled without guidance; otherwise w defaults to the recipe's. No
     option means 'all' for a class model; an unconditional model (conditioning: none) takes none.
     """
+    if ldm.conditioning == "text" or prompts or negative is not None:  # --class 7 on a text model is the prompt "7"
+        prompts, names, w = condition_prompts(ldm, prompts, spec, guidance, negative)
+        if single and len(prompts) > 1:
+            raise VdError(f"--{'prompt' if spec is None else 'class ' + spec}: give one here")
+        return prompts, names, w
     if ldm.conditioning == "none":
         if spec is not None and spec.strip().lower() != "none":
             raise VdError(f"--class {spec}: this model was trained without classes (conditioning: none); leave --class out")
@@ -153,13 +204,43 @@ def condition(ldm: LDM, spec: str | None, guidance: float | None, single: bool =
     return labels, [ldm.classes[c] for c in labels], ldm.defaults.guidance if guidance is None else guidance
 
 
-def generate_batched(ldm: LDM, labels: torch.Tensor, batch_size: int, *, generator: torch.Generator,
+def condition_prompts(ldm: LDM, prompts: list[str] | None, spec: str | None, guidance: float | None,
+                      negative: str | None = None) -> tuple[list[str], list[str], float]:
+    """(prompts, their row names, guidance w) for --prompt / --class on a text model.
+
+    --class items become prompts as typed ('7', 'seven'; 'all': every class name; 'none': the empty
+    prompt, without guidance); a class model asked for prompts is a one-line error.
+    """
+    if ldm.conditioning != "text":
+        if prompts or negative is not None:
+            option = "--prompt" if prompts else "--negative-prompt"
+            raise VdError(f"{option}: this model was trained with conditioning: {ldm.conditioning}, not text; "
+                          f"use --class, or a model trained from a text recipe (recipes/mnist_text.yaml)")
+        raise ValueError("condition_prompts is for text models")
+    if prompts and spec is not None:
+        raise VdError(f"--prompt and --class {spec}: give one of them (on a text model --class {spec} means --prompt {spec})")
+    w = ldm.defaults.guidance if guidance is None else guidance
+    if prompts:
+        return list(prompts), [p or "unconditional" for p in prompts], w
+    spec = "all" if spec is None else spec
+    if spec.strip().lower() == "none":
+        return [""], ["unconditional"], 1.0
+    if spec.strip().lower() == "all":
+        return list(ldm.classes), list(ldm.classes), w
+    parse_classes(spec, ldm.classes)  # a typo is still an error that names the nearest class
+    typed = [p.strip() for p in spec.split(",") if p.strip()]
+    return typed, typed, w
+
+
+def generate_batched(ldm: LDM, labels: Condition, batch_size: int, *, generator: torch.Generator,
                      trajectory: bool = False, quiet: bool = False, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``generate`` in batches of ``batch_size``, with progress; the trajectory is the first batch's."""
     samples, frames = [], []
+    negative = options.pop("negative", None)  # one per image, like the labels
     with Reporter(len(labels), title="sample", every=batch_size, quiet=quiet) as report:
         for i in range(0, len(labels), batch_size):
             batch, batch_frames = generate(ldm, labels[i : i + batch_size], generator=generator,
+                                           negative=None if negative is None else negative[i : i + batch_size],
                                            trajectory=trajectory and i == 0, **options)
             samples.append(batch)
             frames = frames or batch_frames
@@ -167,10 +248,16 @@ def generate_batched(ldm: LDM, labels: torch.Tensor, batch_size: int, *, generat
     return torch.cat(samples), frames
 
 
-def class_grid(ldm: LDM, classes: list[int], per_class: int, seed: int, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """per_class samples of each class, row by row, from a fixed seed."""
-    labels = torch.tensor(classes).repeat_interleave(per_class)
-    return generate(ldm, labels, generator=torch.Generator().manual_seed(seed), **options)
+def repeat(conditions: list, n: int) -> Condition:
+    """Each condition n times in a row: labels as a tensor, prompts as a list."""
+    if conditions and isinstance(conditions[0], str):
+        return [c for c in conditions for _ in range(n)]
+    return torch.tensor(conditions).repeat_interleave(n)
+
+
+def class_grid(ldm: LDM, classes: list, per_class: int, seed: int, **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """per_class samples of each class (or prompt), row by row, from a fixed seed."""
+    return generate(ldm, repeat(classes, per_class), generator=torch.Generator().manual_seed(seed), **options)
 
 
 def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int, out: Path) -> Path:
@@ -180,8 +267,8 @@ def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int,
 
 @torch.no_grad()
 def inpaint(
-    ldm: LDM, image: torch.Tensor, mask: torch.Tensor, label: int, *, n: int = 4, steps: int = 50,
-    guidance: float = 1.0, generator: torch.Generator | None = None,
+    ldm: LDM, image: torch.Tensor, mask: torch.Tensor, label: int | str, *, n: int = 4, steps: int = 50,
+    guidance: float = 1.0, negative: str | None = None, generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Fill the masked part of ``image`` (uint8 [C, H, W]; mask bool [H, W], True = fill), n ways.
 
@@ -194,7 +281,7 @@ def inpaint(
     z_known = ldm.encode(to_float(image)[None])  # (1, c, h, w)
     # A latent cell is regenerated if any of its f x f pixels is masked.
     free = torch.nn.functional.max_pool2d(mask[None, None].float(), f).to(ldm.device)  # (1, 1, h, w)
-    labels = torch.full((n,), label, device=ldm.device)
+    labels = [label] * n if isinstance(label, str) else torch.full((n,), label, device=ldm.device)  # a prompt, or a class
 
     def keep_known(i: int, t_next: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         if t_next < 0:
@@ -205,8 +292,8 @@ def inpaint(
         return free * x + (1 - free) * known
 
     noise = torch.randn((n, *ldm.latent_shape), generator=generator).to(ldm.device)
-    z = sample(ldm.model_fn(labels, guidance), noise, ldm.schedule, "ddim", steps,
-               generator=generator, callback=keep_known)
+    z = sample(ldm.model_fn(labels, guidance, None if negative is None else [negative] * n), noise, ldm.schedule,
+               "ddim", steps, generator=generator, callback=keep_known)
     filled = ldm.decode(z)  # (n, C, H, W)
     return torch.where(mask.cpu()[None, None], filled, image[None])
 
@@ -226,12 +313,55 @@ def interpolate(ldm: LDM, a: torch.Tensor, b: torch.Tensor, frames: int, steps: 
     z = ldm.encode(torch.stack([xa, xb]))  # (2, c, h, w)
 
     def unconditional(n: int):
-        return ldm.model_fn(torch.full((n,), ldm.null_class))
+        return ldm.model_fn(ldm.null_condition(n))
 
     noise_a, noise_b = ddim_invert(unconditional(2), z, ldm.schedule, steps)
     path = torch.stack([slerp(noise_a, noise_b, float(t)) for t in alphas])  # (F, c, h, w)
     z0 = sample(unconditional(frames), path, ldm.schedule, "ddim", steps, eta=0.0)
     return Interpolation(to_uint8(blend.cpu()), ldm.decode(z0))
+
+
+# --- vd attn-map --prompt ---------------------------------------------------------------------
+
+
+@dataclass
+class PromptAttention:
+    image: torch.Tensor  # uint8 [C, H, W]: the generated image
+    words: list[str]  # the prompt's tokens, one per map
+    maps: torch.Tensor  # [words, h, w] on the latent grid: cross-attention to each word
+
+
+@torch.no_grad()
+def prompt_attention(ldm: LDM, prompt: str, *, steps: int = 50, guidance: float | None = None, seed: int = 0) -> PromptAttention:
+    """Generate one image for ``prompt`` and the cross-attention of its pixels to each word,
+    averaged over every cross-attention layer, head and DDIM step (Hertz et al. 2022,
+    "Prompt-to-Prompt", sec. 3.1 and fig. 4): the denoiser's counterpart of the ViT's attention maps.
+
+    Only the conditional half of the guided batch is read; maps of coarser layers are upsampled
+    (bilinear) to the latent grid before averaging.
+    """
+    from vdcli.models.attention import recording
+
+    if ldm.conditioning != "text":
+        raise VdError(f"--prompt: this model was trained with conditioning: {ldm.conditioning}, not text; "
+                      f"attention to words needs a model trained from a text recipe (recipes/mnist_text.yaml)")
+    w = ldm.defaults.guidance if guidance is None else guidance
+    _, _, mask = ldm.text.encode([prompt])  # (1, L): which positions hold real tokens
+    positions = mask[0].nonzero().flatten().tolist()
+    words = ldm.text.tokens(prompt)
+    if len(words) != len(positions):  # tokens() and encode() must agree on what a position is
+        raise ValueError(f"{len(words)} tokens but {len(positions)} real positions for {prompt!r}")
+    size = ldm.latent_shape[-1]
+    total = torch.zeros(len(positions), size, size)
+    with recording(ldm.denoiser) as maps:
+        image, _ = generate(ldm, [prompt], sampler="ddim", steps=steps, guidance=w,
+                            generator=torch.Generator().manual_seed(seed))
+    for probs in maps:  # (1 or 2, heads, T, L); the first row is the prompt's, the second the unconditional's
+        per_word = probs[0].mean(0)[:, positions].float().cpu()  # (T, words), averaged over heads
+        side = int(round(per_word.shape[0] ** 0.5))
+        grid = per_word.T.reshape(len(positions), 1, side, side)  # (words, 1, side, side)
+        total += torch.nn.functional.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return PromptAttention(image[0], words, total / max(len(maps), 1))
 
 
 # --- vd train-ldm -----------------------------------------------------------------------------
@@ -247,21 +377,45 @@ class LDMSummary:
     files: list[Path]
 
 
+def named_vae(recipe: LDMRecipe) -> Path | None:
+    """The VAE checkpoint the recipe names (None: train one), checked from its header before any
+    work: it exists, it is a VAE, it was trained at the recipe's image size, and the denoiser fits
+    its latent grid. A typo here used to train a new VAE for minutes instead."""
+    named = recipe.vae.checkpoint
+    if not named:
+        return None
+    if not Path(named).exists():
+        raise VdError(f"vae.checkpoint {named} not found; give a VAE checkpoint or run folder, "
+                      f"or vae.checkpoint: null to train one first")
+    path, _ = find_checkpoint(named, "vae")
+    header = read_header(path)
+    if header.get("kind") != "vae":
+        what = KINDS.get(header.get("kind"), "not a vd checkpoint")
+        raise VdError(f"vae.checkpoint {path} is {what}, but the first stage needs {KINDS['vae']}")
+    meta = json.loads(header["meta"])
+    size = meta["data"]["image_size"]
+    if size != recipe.data.image_size:
+        raise VdError(f"vae.checkpoint {path} was trained on {size}x{size} images, but data.image_size is "
+                      f"{recipe.data.image_size}; set data.image_size: {size}")
+    latent = size // meta["model"]["downsample"]
+    for _, problem in denoiser_conflicts(recipe.model, latent, f"of the VAE in {path}"):
+        raise VdError(problem)
+    return path
+
+
 def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
     """The VAE checkpoint the recipe names, or one trained now from its vae: section."""
     def say(line: str) -> None:
         if not quiet:
             console.print(line, soft_wrap=True)
 
-    named = recipe.vae.checkpoint
-    if named and Path(named).exists():
-        path, _ = find_checkpoint(named, "vae")
-        return load_checkpoint(path, "vae"), f"VAE from {path}"
+    named = named_vae(recipe)
+    if named:
+        return load_checkpoint(named, "vae"), f"VAE from {named}"
     stage = Run(run.dir / "vae")
     done = stage.checkpoint.is_file() and "scale_factor" in load_checkpoint(stage.checkpoint, "vae").meta
     if not done:
-        why = f"{named} does not exist yet" if named else "the recipe names no VAE checkpoint"
-        say(f"stage 1/2: training the VAE first ({why}) in {stage.dir}")
+        say(f"stage 1/2: training the VAE first (the recipe names no VAE checkpoint) in {stage.dir}")
         stage.dir.mkdir(parents=True, exist_ok=True)
         vae_recipe = {"kind": "vae", "data": recipe.data.model_dump(mode="json"), "model": recipe.vae.model.model_dump(),
                       "train": recipe.vae.train.model_dump()}
@@ -270,10 +424,65 @@ def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume
                               resume=resume and stage.checkpoint.is_file(), quiet=quiet)
         say(f"VAE: test PSNR {summary.psnr:.2f} dB, scale factor {summary.scale_factor:.4f}")
         say("stage 2/2: training the denoiser on its latents")
-    if named:
-        Path(named).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(stage.checkpoint, named)  # so that the next run of this recipe reuses it
     return load_checkpoint(stage.checkpoint, "vae"), f"VAE trained in {stage.dir}"
+
+
+def named_clip(recipe: LDMRecipe) -> Path | None:
+    """The CLIP checkpoint the recipe names (None: train one), checked from its header before any work."""
+    named = recipe.clip.checkpoint
+    if not named:
+        return None
+    if not Path(named).exists():
+        raise VdError(f"clip.checkpoint {named} not found; give a CLIP checkpoint or run folder (vd train-clip), "
+                      f"or clip.checkpoint: null to train one first")
+    path, _ = find_checkpoint(named, "clip")
+    kind = read_header(path).get("kind")
+    if kind != "clip":
+        raise VdError(f"clip.checkpoint {path} is {KINDS.get(kind, 'not a vd checkpoint')}, but the text stage needs {KINDS['clip']}")
+    return path
+
+
+def text_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
+    """The CLIP checkpoint the recipe names, or one trained now from its clip: section (in <run>/clip/),
+    the way ``first_stage`` trains the VAE."""
+    from vdcli.tasks import clip
+
+    named = named_clip(recipe)
+    if named:
+        return load_checkpoint(named, "clip"), f"CLIP from {named}"
+    stage = Run(run.dir / "clip")
+    if not (stage.checkpoint.is_file() and load_checkpoint(stage.checkpoint, "clip").meta.get("done", True)):
+        if not quiet:
+            console.print(f"text stage: training CLIP first (the recipe names no CLIP checkpoint) in {stage.dir}", soft_wrap=True)
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        clip.train_stage(clip_recipe(recipe), train_set, test_set, stage, device=device,
+                         resume=resume and stage.checkpoint.is_file(), quiet=quiet)
+    return load_checkpoint(stage.checkpoint, "clip"), f"CLIP trained in {stage.dir}"
+
+
+class TextCache:
+    """The frozen text encoder's (states, pooled, mask) per unique caption, computed once each.
+
+    Captions are drawn anew at every step from a few phrasings per image, so a run meets only a
+    few hundred distinct strings; each is encoded the first time it is seen.
+    """
+
+    def __init__(self, text):
+        self.text = text
+        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        new = sorted({c for c in captions if c not in self.rows})
+        if new:
+            states, pooled, mask = self.text.encode(new)  # (n, L, D), (n, D), (n, L)
+            pad = self.text.max_length - states.shape[1]  # one length for all, whatever the batch was padded to
+            states = torch.nn.functional.pad(states, (0, 0, 0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+            for i, c in enumerate(new):
+                self.rows[c] = (states[i], pooled[i], mask[i])
+        states, pooled, mask = (torch.stack(parts) for parts in zip(*(self.rows[c] for c in captions)))
+        return states, pooled, mask  # (B, L, D), (B, D), (B, L)
 
 
 def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,9 +497,16 @@ def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[tor
 
 
 def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> LDMSummary:
+    named_vae(recipe)  # a typo in vae.checkpoint fails now, not after the data is loaded
+    text_model = recipe.conditioning == "text"
+    if text_model:
+        named_clip(recipe)
     train_set = load_split(recipe.data, "train", data_root)
     test_set = load_split(recipe.data, "test", data_root)
     vae_ckpt, vae_note = first_stage(recipe, run, train_set, test_set, device, resume, quiet)
+    if text_model:
+        clip_ckpt, clip_note = text_stage(recipe, run, train_set, test_set, device, resume, quiet)
+        vae_note += f"; {clip_note}"
     vae, scale = load_vae(vae_ckpt, device)
     mean, logvar = cached_latents(vae, train_set, run, device)
     norm = LatentNorm.fit(mean, logvar).to(device)
@@ -306,6 +522,19 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         "vae": {**vae_ckpt.meta, "scale_factor": scale},
         "recipe": recipe.model_dump(mode="json"),
     }
+    extra = {"vae": vae, "latent_norm": norm}
+    data = (mean, logvar, train_set.labels)
+    text = None
+    if text_model:
+        from vdcli.tasks.clip import caption_source, load_text_encoder
+
+        text = load_text_encoder(clip_ckpt, device)
+        captioner = caption_source(clip_ckpt, recipe.data, train_set, data_root)  # captions of the training images, by index
+        texts = TextCache(text)
+        meta["clip"] = clip_ckpt.meta
+        meta["text"] = {"dim": text.dim, "max_length": text.max_length}
+        extra["clip"] = clip_ckpt.weights("ema" if clip_ckpt.has("ema") else "model")  # CLIP (and its tokenizer, in meta) travels along
+        data = (mean, logvar, torch.arange(len(train_set)))
     with seeded_init(recipe.train.seed, "denoiser"):
         model = build_denoiser(meta)
     schedule = NoiseSchedule.from_config(recipe.diffusion)
@@ -315,6 +544,13 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
     def loss_fn(model: nn.Module, batch):
         mean, logvar, y = batch
         z = norm(mean + (0.5 * logvar).exp() * torch.randn_like(mean))  # a fresh posterior sample each time
+        if text_model:  # y: the images' indices; a caption drawn for each from the step's seeded RNG
+            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+            captions = [captioner.caption(int(i), g) for i in y.tolist()]
+            drop = (torch.rand(len(captions)) < cfg.cond_drop_prob).tolist()  # the empty prompt teaches the unconditional model
+            states, pooled, mask = (v.to(z.device) for v in texts(["" if d else c for c, d in zip(captions, drop)]))
+            return diffusion_loss(lambda x, t: model(x, t, context=states, context_mask=mask, pooled=pooled), z,
+                                  schedule, recipe.diffusion.min_snr_gamma), {}
         if recipe.conditioning == "none":
             return diffusion_loss(lambda x, t: model(x, t), z, schedule, recipe.diffusion.min_snr_gamma), {}
         drop = torch.rand(y.shape, device=y.device) < cfg.cond_drop_prob
@@ -325,20 +561,23 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
     # that guidance extrapolates from; an unconditional model fills all eight rows.
     if recipe.conditioning == "none":
         shown, names = [null] * 8, ["unconditional"] + [""] * 7
+    elif text_model:  # the recipe's fixed prompts (default: the class names), then the empty prompt
+        shown = list(recipe.sample.prompts or spec["classes"][:10]) + [""]
+        names = shown[:-1] + ["unconditional"]
     else:
         shown = list(range(min(null, 10))) + [null]
         names = [spec["classes"][c] for c in shown[:-1]] + ["unconditional"]
 
     def evaluate(model: nn.Module, step: int) -> dict:
         t0 = time.perf_counter()
-        ldm = LDM(model, vae, norm, schedule, spec["classes"], vae.latent_shape, recipe.sample, recipe.conditioning)
+        ldm = LDM(model, vae, norm, schedule, spec["classes"], vae.latent_shape, recipe.sample, recipe.conditioning, text)
         samples, _ = class_grid(ldm, shown, 8, seed=0, sampler=recipe.sample.sampler, steps=recipe.sample.steps,
                                 eta=recipe.sample.eta, guidance=recipe.sample.guidance)
         save_class_grid(samples, names, 8, run.dir / f"samples_{step:06d}.png")
         return {"sample_seconds": time.perf_counter() - t0}
 
-    result = fit(model, loss_fn, (mean, logvar, train_set.labels), cfg, run, kind="ldm", meta=meta, device=device,
-                 seed=cfg.seed, evaluate=evaluate, extra={"vae": vae, "latent_norm": norm}, resume=resume, quiet=quiet)
+    result = fit(model, loss_fn, data, cfg, run, kind="ldm", meta=meta, device=device,
+                 seed=cfg.seed, evaluate=evaluate, extra=extra, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
     files = [run.checkpoint, run.dir / "loss.png", *grids[-1:]]
     return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files)
