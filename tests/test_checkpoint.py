@@ -46,7 +46,7 @@ def test_optimizer_state_round_trip(tmp_path):
     opt.step()
     save_train_state(tmp_path / "c.safetensors", opt, step=3)
     fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
-    assert load_train_state(tmp_path / "c.safetensors", fresh) == 3
+    load_train_state(tmp_path / "c.safetensors", fresh, step=3)
     for a, b in zip(opt.state.values(), fresh.state.values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -54,3 +54,11 @@ def test_optimizer_state_round_trip(tmp_path):
 def test_write_is_atomic_no_temporary_file_left(tmp_path):
     save_checkpoint(tmp_path / "c.safetensors", "vit", {"model": net()}, {})
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+
+
+def test_resuming_needs_a_state_of_the_weights_step(tmp_path):
+    model = net()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    save_train_state(tmp_path / "c.safetensors", opt, step=3)
+    with pytest.raises(VdError, match="weights are from step 5, but it has the state of step 3"):
+        load_train_state(tmp_path / "c.safetensors", opt, step=5)

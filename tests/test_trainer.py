@@ -135,3 +135,56 @@ def test_a_real_sigint_saves_a_checkpoint_before_stopping(tmp_path):
 def test_ctrl_c_during_the_last_step_just_finishes_the_run(tmp_path):
     _, result = train(tmp_path, "a", steps=10, stop_at=10)  # no TrainingInterrupted
     assert result.step == 10 and load_checkpoint(result.run.checkpoint).meta["step"] == 10
+
+
+KILLED_MID_SAVE = """
+import pathlib, sys, time
+import vdcli.checkpoint as checkpoint
+real, saves, marker = checkpoint.save_file, [0], pathlib.Path(sys.argv[1])
+
+def half_then_hang(tensors, filename, metadata=None):
+    if ".state" not in filename:
+        saves[0] += 1
+        if saves[0] == 2:  # the second checkpoint: cut off half-way through its weights
+            real(tensors, filename, metadata=metadata)
+            data = pathlib.Path(filename).read_bytes()
+            pathlib.Path(filename).write_bytes(data[: len(data) // 2])
+            marker.touch()
+            time.sleep(600)
+    real(tensors, filename, metadata=metadata)
+
+checkpoint.save_file = half_then_hang
+from vdcli.cli import main
+sys.argv = ["vd", *sys.argv[2:]]
+main()
+"""
+
+
+def test_a_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_one(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_cli import TINY_VIT, ok, recipe
+
+    path = recipe(tmp_path, "k", "vit")
+    args = ["train-vit", str(path), *TINY_VIT, "--set", "train.checkpoint_every=10", "--quiet"]
+    marker = tmp_path / "half-written"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_SAVE, str(marker), *args, "--out", str(tmp_path / "a")],
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "the training never reached its second checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    run = tmp_path / "a" / "k" / "latest"
+    assert load_checkpoint(run / "checkpoint.safetensors").meta["step"] == 10  # the previous checkpoint is whole
+    ok(*args, "--out", tmp_path / "a", "--resume")
+    ok(*args, "--out", tmp_path / "b")  # the same run, never interrupted
+    resumed = load_checkpoint(run / "checkpoint.safetensors")
+    straight = load_checkpoint(tmp_path / "b" / "k" / "latest" / "checkpoint.safetensors")
+    assert resumed.meta["step"] == straight.meta["step"] == 30
+    assert all(torch.equal(resumed.tensors[k], straight.tensors[k]) for k in straight.tensors)

@@ -8,7 +8,9 @@ A checkpoint holds
 
 What only resuming needs (optimizer moments, step) sits beside it in ``<name>.state.safetensors``.
 Every write goes to a temporary file, is fsynced and renamed over the old file, so a crash or
-Ctrl-C never leaves a half-written checkpoint.
+Ctrl-C never leaves a half-written checkpoint. Weights and optimizer state are two files, so
+``save_resumable`` keeps the previous state (``<name>.state-prev.safetensors``) until the new
+weights are in place: a process killed at any instant leaves weights and a state of the same step.
 """
 
 from __future__ import annotations
@@ -90,8 +92,18 @@ def load_checkpoint(path: str | Path, expect: str | None = None) -> Checkpoint:
     return Checkpoint(path, kind, json.loads(header["meta"]), load_file(str(path)))
 
 
-def state_path(path: Path) -> Path:
-    return Path(path).with_suffix(".state.safetensors")
+def state_path(path: Path, previous: bool = False) -> Path:
+    return Path(path).with_suffix(".state-prev.safetensors" if previous else ".state.safetensors")
+
+
+def save_resumable(path: Path, kind: str, modules: dict[str, torch.nn.Module | dict], meta: dict,
+                   optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Weights and optimizer state of one step, in an order that survives a kill at any point."""
+    if state_path(path).is_file():
+        os.replace(state_path(path), state_path(path, previous=True))
+    save_train_state(path, optimizer, step)
+    save_checkpoint(path, kind, modules, {**meta, "step": step})
+    state_path(path, previous=True).unlink(missing_ok=True)
 
 
 def save_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
@@ -109,11 +121,15 @@ def save_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int) ->
     atomic_write(state_path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
-def load_train_state(path: Path, optimizer: torch.optim.Optimizer) -> int:
-    """Restore the optimizer from the state file beside ``path``; return the step it was saved at."""
-    spath = state_path(path)
-    if not spath.is_file():
-        raise VdError(f"cannot resume: {spath} (the optimizer state beside {path.name}) is missing")
+def load_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Restore the optimizer from the state file beside ``path`` that was saved at ``step``
+    (the newest, or the previous one when a save was cut off before its weights were written)."""
+    found = [p for p in (state_path(path), state_path(path, previous=True)) if p.is_file()]
+    steps = [int(read_header(p)["step"]) for p in found]
+    if step not in steps:
+        have = f"it has the state of step {steps[0]}" if steps else f"{state_path(path).name} is missing"
+        raise VdError(f"cannot resume {path}: its weights are from step {step}, but {have}")
+    spath = found[steps.index(step)]
     header = read_header(spath)
     tensors = load_file(str(spath))
     state: dict = {}
@@ -124,4 +140,3 @@ def load_train_state(path: Path, optimizer: torch.optim.Optimizer) -> int:
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(header["param_groups"])})
-    return int(header["step"])

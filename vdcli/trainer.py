@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vdcli.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from vdcli.checkpoint import load_checkpoint, load_train_state, save_resumable
 from vdcli.device import autocast
 from vdcli.errors import VdError
 from vdcli.images import loss_curve
@@ -185,9 +185,8 @@ def fit(
         model.load_state_dict(ckpt.weights("model"))
         if ema:
             ema.model.load_state_dict(ckpt.weights("ema"))
-        start = load_train_state(run.checkpoint, optimizer)
-        if start != ckpt.meta["step"]:
-            raise VdError(f"cannot resume {run.dir}: the optimizer state is from step {start}, the weights from step {ckpt.meta['step']}")
+        start = ckpt.meta["step"]
+        load_train_state(run.checkpoint, optimizer, start)
         _truncate_metrics(run, start)
     if start >= cfg.steps:
         raise VdError(f"{run.dir} already finished its {cfg.steps} steps; raise train.steps with --set train.steps=N to continue")
@@ -199,8 +198,7 @@ def fit(
 
     def save(step: int) -> None:
         modules = {"model": model, **({"ema": ema.model} if ema else {}), **(extra or {})}
-        save_train_state(run.checkpoint, optimizer, step)
-        save_checkpoint(run.checkpoint, kind, modules, {**meta, "step": step, "metrics": metrics})
+        save_resumable(run.checkpoint, kind, modules, {**meta, "metrics": metrics}, optimizer, step)
 
     t0 = time.perf_counter()
     with stop, Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, open(run.metrics, "a") as log:
