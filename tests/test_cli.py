@@ -26,6 +26,15 @@ TINY_VAE = [
     "--set", "train.warmup_steps=5", "--set", "train.log_every=10", "--set", "train.eval_every=20",
 ]
 
+TINY_CLIP = [
+    "--set", "data.name=synthetic", "--set", "data.limit=256", "--set", "data.image_size=16",
+    "--set", "model.embed_dim=16", "--set", "model.image.patch_size=4", "--set", "model.image.dim=32",
+    "--set", "model.image.depth=1", "--set", "model.image.heads=2", "--set", "model.text.dim=32",
+    "--set", "model.text.depth=1", "--set", "model.text.heads=2", "--set", "train.steps=20",
+    "--set", "train.batch_size=32", "--set", "train.eval_every=20", "--set", "train.warmup_steps=2",
+    "--set", "train.eval_images=64",
+]
+
 
 def vd(*args):
     result = runner.invoke(app, [str(a) for a in args])
@@ -217,3 +226,15 @@ def test_sample_refuses_a_vit_checkpoint(tmp_path):
     ok("train-vit", recipe(tmp_path), *TINY_VIT, "--quiet")
     result = vd("sample", "--checkpoint", "runs/tiny/latest")
     assert result.exit_code == 2 and "is a ViT classifier" in result.output and "needs a latent diffusion model" in result.output
+
+
+def test_train_clip_reports_zero_shot_accuracy_and_writes_its_pictures(tmp_path):
+    out = ok("train-clip", recipe(tmp_path, "c", "clip"), *TINY_CLIP, "--out", tmp_path / "runs", "--device", "cpu")
+    assert "zero-shot test accuracy" in out and "recall@5" in out
+    run = tmp_path / "runs" / "c" / "latest"
+    for name in ("checkpoint.safetensors", "retrieval.png", "clip_map.png", "loss.png"):
+        assert (run / name).is_file(), name
+    from vdcli.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(run / "checkpoint.safetensors", "clip").meta
+    assert 0.0 <= meta["metrics"]["zero_shot_acc"] <= 1.0

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import TINY_LDM, TINY_VAE, TINY_VIT, ok, recipe
+from test_cli import TINY_CLIP, TINY_LDM, TINY_VAE, TINY_VIT, ok, recipe
 
 from vdcli.checkpoint import load_checkpoint
 from vdcli.models.vit import ViT, ViTConfig
 from vdcli.trainer import seeded_init
 
-COMMANDS = {"vit": ("train-vit", TINY_VIT), "vae": ("train-vae", TINY_VAE), "ldm": ("train-ldm", TINY_LDM)}
+COMMANDS = {"vit": ("train-vit", TINY_VIT), "vae": ("train-vae", TINY_VAE), "ldm": ("train-ldm", TINY_LDM),
+            "clip": ("train-clip", TINY_CLIP)}
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -28,7 +29,7 @@ def train(tmp_path, kind: str, out: str, *extra) -> dict[str, torch.Tensor]:
     return weights(tmp_path / out / "r" / "latest")
 
 
-@pytest.mark.parametrize("kind", ["vit", "vae", "ldm"])
+@pytest.mark.parametrize("kind", ["vit", "vae", "ldm", "clip"])
 def test_two_fresh_runs_with_one_seed_write_identical_weights(tmp_path, kind):
     first = train(tmp_path, kind, "a", "--seed", 3)
     torch.manual_seed(12345)  # whatever the process's RNG holds before a run must not matter
@@ -38,7 +39,7 @@ def test_two_fresh_runs_with_one_seed_write_identical_weights(tmp_path, kind):
         assert torch.equal(first[name], second[name]), name
 
 
-@pytest.mark.parametrize("kind", ["vit", "ldm"])
+@pytest.mark.parametrize("kind", ["vit", "ldm", "clip"])
 def test_another_seed_gives_other_weights(tmp_path, kind):
     first, second = train(tmp_path, kind, "a", "--seed", 3), train(tmp_path, kind, "b", "--seed", 4)
     # (--seed is train.seed: the LDM's VAE stage keeps its own, vae.train.seed, so only the denoiser moves)
