@@ -381,17 +381,10 @@ def named_vae(recipe: LDMRecipe) -> Path | None:
     """The VAE checkpoint the recipe names (None: train one), checked from its header before any
     work: it exists, it is a VAE, it was trained at the recipe's image size, and the denoiser fits
     its latent grid. A typo here used to train a new VAE for minutes instead."""
-    named = recipe.vae.checkpoint
-    if not named:
+    found = _named_stage(recipe.vae.checkpoint, "vae", "the first stage")
+    if found is None:
         return None
-    if not Path(named).exists():
-        raise VdError(f"vae.checkpoint {named} not found; give a VAE checkpoint or run folder, "
-                      f"or vae.checkpoint: null to train one first")
-    path, _ = find_checkpoint(named, "vae")
-    header = read_header(path)
-    if header.get("kind") != "vae":
-        what = KINDS.get(header.get("kind"), "not a vd checkpoint")
-        raise VdError(f"vae.checkpoint {path} is {what}, but the first stage needs {KINDS['vae']}")
+    path, header = found
     meta = json.loads(header["meta"])
     size = meta["data"]["image_size"]
     if size != recipe.data.image_size:
@@ -429,17 +422,23 @@ def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume
 
 def named_clip(recipe: LDMRecipe) -> Path | None:
     """The CLIP checkpoint the recipe names (None: train one), checked from its header before any work."""
-    named = recipe.clip.checkpoint
+    found = _named_stage(recipe.clip.checkpoint, "clip", "the text stage")
+    return found and found[0]
+
+
+def _named_stage(named: str | None, kind: str, stage: str) -> tuple[Path, dict] | None:
+    """The checkpoint (and its header) that ``<kind>.checkpoint`` names, refused unless it is of ``kind``."""
     if not named:
         return None
     if not Path(named).exists():
-        raise VdError(f"clip.checkpoint {named} not found; give a CLIP checkpoint or run folder (vd train-clip), "
-                      f"or clip.checkpoint: null to train one first")
-    path, _ = find_checkpoint(named, "clip")
-    kind = read_header(path).get("kind")
-    if kind != "clip":
-        raise VdError(f"clip.checkpoint {path} is {KINDS.get(kind, 'not a vd checkpoint')}, but the text stage needs {KINDS['clip']}")
-    return path
+        raise VdError(f"{kind}.checkpoint {named} not found; give {KINDS[kind]} checkpoint or run folder, "
+                      f"or {kind}.checkpoint: null to train one first")
+    path, _ = find_checkpoint(named, kind)
+    header = read_header(path)
+    if header.get("kind") != kind:
+        what = KINDS.get(header.get("kind"), "not a vd checkpoint")
+        raise VdError(f"{kind}.checkpoint {path} is {what}, but {stage} needs {KINDS[kind]}")
+    return path, header
 
 
 def text_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
