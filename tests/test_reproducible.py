@@ -39,7 +39,7 @@ def test_two_fresh_runs_with_one_seed_write_identical_weights(tmp_path, kind):
         assert torch.equal(first[name], second[name]), name
 
 
-@pytest.mark.parametrize("kind", ["vit", "ldm", "clip"])
+@pytest.mark.parametrize("kind", ["vit", "vae", "ldm", "clip"])
 def test_another_seed_gives_other_weights(tmp_path, kind):
     first, second = train(tmp_path, kind, "a", "--seed", 3), train(tmp_path, kind, "b", "--seed", 4)
     # (--seed is train.seed: the LDM's VAE stage keeps its own, vae.train.seed, so only the denoiser moves)
