@@ -1,0 +1,52 @@
+"""Regenerate the README's pictures from trained runs, with the same commands a reader would type.
+
+    VD_DATA_ROOT=../shared/datasets python docs/make_images.py [--ldm bench/runs/mnist_latent/latest] [--vit RUN]
+
+Each picture is written by a `vd` command into a scratch folder and copied into docs/. Pictures
+whose run is not given (the ViT's attention map and confusion matrix need `--vit`) are left as
+they are, and the script says so.
+"""
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+DOCS = Path(__file__).parent
+
+
+def vd(*args: str) -> None:
+    print("$ vd", " ".join(args), flush=True)
+    subprocess.run(["vd", *args, "--device", "cpu"] if args[0] != "patchify" else ["vd", *args], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ldm", default="bench/runs/mnist_latent/latest")
+    parser.add_argument("--vit", default=None)
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="vd-docs-"))
+
+    vd("patchify", "mnist:test:0", "--patch", "4", "--out", str(scratch / "patchify"))
+    shutil.copy(scratch / "patchify" / "grid.png", DOCS / "patchify_grid.png")
+    shutil.copy(scratch / "patchify" / "sequence.png", DOCS / "patchify_sequence.png")
+
+    vd("sample", "--checkpoint", args.ldm, "--class", "all", "--n", "8", "--out", str(scratch / "sample"))
+    shutil.copy(scratch / "sample" / "grid.png", DOCS / "ldm_samples.png")
+    vd("sample", "--checkpoint", args.ldm, "--class", "seven", "--n", "4", "--trajectory", "--out", str(scratch / "trajectory"))
+    shutil.copy(scratch / "trajectory" / "trajectory.gif", DOCS / "ldm_trajectory.gif")
+    vd("inpaint", "mnist:test:0", "--mask", "box:0,16,32,32", "--class", "2", "--n", "6", "--checkpoint", args.ldm,
+       "--out", str(scratch / "inpaint"))
+    shutil.copy(scratch / "inpaint" / "inpaint.png", DOCS / "inpaint.png")
+
+    if args.vit:
+        vd("attn-map", "mnist:test:42", "--mode", "both", "--checkpoint", args.vit, "--out", str(scratch / "attn"))
+        shutil.copy(next((scratch / "attn").glob("*.png")), DOCS / "attention.png")
+    else:
+        print("no --vit run: docs/attention.png and docs/vit_confusion.png left as they are")
+    print(f"wrote the pictures into {DOCS}/ (scratch files in {scratch})")
+
+
+if __name__ == "__main__":
+    main()
