@@ -26,7 +26,7 @@ from classifier import judge, load_judge
 from safetensors.torch import load_file
 
 from vdcli.checkpoint import load_checkpoint
-from vdcli.diffusion import predict_eps, predict_x0, sample
+from vdcli.diffusion import predict_eps, sample
 from vdcli.models.vae import LatentNorm
 from vdcli.runs import find_checkpoint
 from vdcli.tasks.ldm import load_ldm

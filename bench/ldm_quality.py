@@ -56,6 +56,8 @@ def parse_setting(name: str, ldm) -> dict:
     if name == "uncond":
         d = ldm.defaults
         return {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": 1.0, "uncond": True}
+    if name.startswith("uncond-"):  # uncond-SAMPLER-STEPS[-ETA]: the unconditional model with another sampler
+        return {**parse_setting(name[len("uncond-"):], ldm), "guidance": 1.0, "uncond": True}
     m = re.fullmatch(r"(ddim|ddpm|dpmpp-2m)-(\d+)(?:-([\d.]+))?(?:-w([\d.]+))?", name)
     if not m:
         raise SystemExit(f"setting {name!r}: expected SAMPLER-STEPS[-ETA][-wGUIDANCE] or uncond")

@@ -1,6 +1,6 @@
 """Regenerate the README's pictures from trained runs, with the same commands a reader would type.
 
-    VD_DATA_ROOT=../shared/datasets python docs/make_images.py [--ldm bench/runs/mnist_latent/latest] [--vit RUN]
+    VD_DATA_ROOT=../shared/datasets python docs/make_images.py [--ldm bench/runs/mnist_latent/latest] [--vit RUN] [--text RUN]
 
 Each picture is written by a `vd` command into a scratch folder and copied into docs/. Pictures
 whose run is not given (the ViT's attention map and confusion matrix need `--vit`) are left as
@@ -25,6 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", default="bench/runs/mnist_latent/latest")
     parser.add_argument("--vit", default=None)
+    parser.add_argument("--text", default=None, help="a text LDM run (recipes/mnist_text.yaml)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="vd-docs-"))
 
@@ -39,6 +40,25 @@ def main() -> None:
     vd("inpaint", "mnist:test:0", "--mask", "box:0,16,32,32", "--class", "2", "--n", "6", "--checkpoint", args.ldm,
        "--out", str(scratch / "inpaint"))
     shutil.copy(scratch / "inpaint" / "inpaint.png", DOCS / "inpaint.png")
+
+    vd("sample", "--checkpoint", args.ldm, "--init", "mnist:test:0", "--class", "3", "--strength", "0.3,0.5,0.7,0.9,1",
+       "--n", "4", "--out", str(scratch / "img2img"))
+    shutil.copy(scratch / "img2img" / "grid.png", DOCS / "image_to_image.png")
+    vd("diffuse", "mnist:test:0", "--checkpoint", args.ldm, "--out", str(scratch / "diffuse"))
+    shutil.copy(scratch / "diffuse" / "forward_process.png", DOCS / "forward_process.png")
+    shutil.copy(scratch / "diffuse" / "schedule.png", DOCS / "schedule.png")
+    vae_run = Path(args.ldm).resolve() / "vae"
+    if (vae_run / "latent_map.png").is_file():  # drawn by the VAE stage of train-ldm
+        shutil.copy(vae_run / "latent_map.png", DOCS / "latent_map.png")
+    if args.text:
+        vd("sample", "--checkpoint", args.text, "--prompt", "a bold seven", "--prompt", "a thin seven",
+           "--prompt", "a 2 leaning left", "--prompt", "a 2 leaning right", "--prompt", "a small eight",
+           "--prompt", "a large eight", "--n", "8", "--out", str(scratch / "text"))
+        shutil.copy(scratch / "text" / "grid.png", DOCS / "text_samples.png")
+        vd("attn-map", "--prompt", "a bold seven", "--checkpoint", args.text, "--out", str(scratch / "words"))
+        shutil.copy(next((scratch / "words").glob("*.png")), DOCS / "prompt_attention.png")
+    else:
+        print("no --text run: docs/text_samples.png and docs/prompt_attention.png left as they are")
 
     if args.vit:
         vd("attn-map", "mnist:test:42", "--mode", "both", "--checkpoint", args.vit, "--out", str(scratch / "attn"))

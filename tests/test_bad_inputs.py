@@ -76,7 +76,11 @@ def make_inputs(folder: Path, trained: dict) -> None:
         "size30.yaml": "kind: vae\ndata:\n  name: synthetic\n  image_size: 30\nmodel:\n  downsample: 4\n",
         "vae_typo.yaml": SYNTHETIC.format(kind="ldm") + "vae:\n  checkpoint: vae_chekpoint.safetensors\n",
     }
-    for kind, other in (("vit", "vae"), ("vae", "ldm"), ("ldm", "vit"), ("clip", "vit")):
+    cn = "kind: controlnet\nbase: {base}\n"
+    for name, base in (("cn_ok.yaml", trained["ldm"]), ("cn_missing.yaml", "no_such_run"), ("cn_vae.yaml", trained["vae"])):
+        (folder / name).write_text(cn.format(base=base))
+    (folder / "cn_nobase.yaml").write_text("kind: controlnet\ncontrol: edges\n")
+    for kind, other in (("vit", "vae"), ("vae", "ldm"), ("ldm", "vit"), ("clip", "vit"), ("controlnet", "vit")):
         for name, text in recipes.items():
             (folder / f"{kind}_{name}").write_text(text.format(kind=kind, other=other))
     (folder / "recipe_folder.yaml").mkdir()
@@ -237,6 +241,62 @@ SAMPLE = [
     (["sample", "--checkpoint", "{ldm}", "--out", "taken"], "--out taken"),
     (["sample", "--checkpoint", "{ldm}", "--out", "taken/x"], "taken"),
     (["sample", "--checkpoint", "{ldm}", "--device", "gpu7"], "--device gpu7"),
+    (["sample", "--checkpoint", "{ldm}", "--strength", "0.5"], "--strength 0.5"),
+    (["sample", "--checkpoint", "{ldm}", "--init", "image.png", "--strength", "1.5"], "--strength 1.5"),
+    (["sample", "--checkpoint", "{ldm}", "--init", "image.png", "--strength", "0.3,,0.5"], "--strength 0.3,,0.5"),
+    (["sample", "--checkpoint", "{ldm}", "--init", "image.png", "--strength", "half"], "--strength half"),
+    (["sample", "--checkpoint", "{ldm}", "--init", "nope.png"], "nope.png"),
+    (["sample", "--checkpoint", "{ldm}", "--init", ""], "--init ''"),
+    (["sample", "--checkpoint", "{ldm}", "--init", "notimage.png"], "notimage.png"),
+    (["sample", "--checkpoint", "{ldm}", "--init", "image.png", "--class", "0,1"], "--class 0,1"),
+    (["sample", "--checkpoint", "{ldm}", "--init", "image.png", "--trajectory"], "--trajectory"),
+    (["sample", "--checkpoint", "{ldm}", "--control", "image.png"], "--control"),
+    (["sample", "--checkpoint", "{ldm}", "--control-type", "edges"], "--control-type"),
+    (["sample", "--controlnet", "{ldm}"], "--controlnet"),
+    (["sample", "--controlnet", "{ldm}", "--control", "image.png"], "{ldm} is a latent diffusion model"),
+    (["sample", "--controlnet", "nope", "--control", "image.png"], "nope"),
+    (["sample", "--controlnet", "{ldm}", "--control", "image.png", "--control-type", "canny"], "--control-type canny"),
+]
+TRAIN_CONTROLNET = [
+    (["train-controlnet", "nope.yaml"], "nope.yaml"),
+    (["train-controlnet", "controlnet_empty.yaml"], "controlnet_empty.yaml: the recipe is empty"),
+    (["train-controlnet", "controlnet_broken.yaml"], "controlnet_broken.yaml:"),
+    (["train-controlnet", "controlnet_other.yaml"], "controlnet_other.yaml"),
+    (["train-controlnet", "cn_nobase.yaml"], "base"),
+    (["train-controlnet", "cn_missing.yaml"], "no_such_run"),
+    (["train-controlnet", "cn_vae.yaml"], "is a VAE"),
+    (["train-controlnet", "cn_ok.yaml", "--set", "control=canny"], "canny"),
+    (["train-controlnet", "cn_ok.yaml", "--set", "train.steps=0"], "--set train.steps=0"),
+    (["train-controlnet", "cn_ok.yaml", "--set", "train.control_drop_prob=2"], "control_drop_prob"),
+    (["train-controlnet", "cn_ok.yaml", "--out", "taken"], "--out taken"),
+    (["train-controlnet", "cn_ok.yaml", "--device", "gpu7"], "--device gpu7"),
+]
+CONTROL = [
+    (["control", "nope.png"], "nope.png"),
+    (["control", ""], "IMAGE ''"),
+    (["control", "folder"], "folder"),
+    (["control", "notimage.png"], "notimage.png"),
+    (["control", "mnist:test"], "mnist:test"),
+    (["control", "synthetic:test:999"], "synthetic:test:999"),
+    (["control", "image.png", "--type", "canny"], "--type canny"),
+    (["control", "image.png", "--size", "2"], "--size"),
+    (["control", "image.png", "--out", "taken"], "--out taken"),
+    (["control", "image.png", "--out", "taken/x"], "taken"),
+]
+DIFFUSE = [
+    (["diffuse", "nope.png"], "nope.png"),
+    (["diffuse", ""], "IMAGE ''"),
+    (["diffuse", "folder"], "folder"),
+    (["diffuse", "notimage.png"], "notimage.png"),
+    (["diffuse", "mnist:test"], "mnist:test"),
+    (["diffuse", "synthetic:test:999"], "synthetic:test:999"),
+    (["diffuse", "image.png", "--schedule", "cosin"], "--schedule cosin"),
+    (["diffuse", "image.png", "--timesteps", "1"], "--timesteps"),
+    (["diffuse", "image.png", "--checkpoint", "{vit}"], "{vit} is a ViT"),
+    (["diffuse", "image.png", "--checkpoint", "nope.safetensors"], "nope.safetensors"),
+    (["diffuse", "image.png", "--checkpoint", "model.pt"], "model.pt"),
+    (["diffuse", "image.png", "--out", "taken"], "--out taken"),
+    (["diffuse", "image.png", "--seed", "-1"], "--seed"),
 ]
 BOX = "box:0,8,16,16"
 INPAINT = [
@@ -259,7 +319,8 @@ INPAINT = [
     (["inpaint", "image.png", "--mask", BOX, "--checkpoint", "{ldm}", "--out", "taken"], "--out taken"),
 ]
 CASES = {"patchify": PATCHIFY, "train-vit": TRAIN_VIT, "attn-map": ATTN_MAP, "train-vae": TRAIN_VAE,
-         "interpolate": INTERPOLATE, "train-ldm": TRAIN_LDM, "sample": SAMPLE, "inpaint": INPAINT, "train-clip": TRAIN_CLIP}
+         "interpolate": INTERPOLATE, "train-ldm": TRAIN_LDM, "sample": SAMPLE, "inpaint": INPAINT, "train-clip": TRAIN_CLIP,
+         "diffuse": DIFFUSE, "train-controlnet": TRAIN_CONTROLNET, "control": CONTROL}
 PARAMS = [pytest.param(args, named, id=f"{command}:{' '.join(args[1:])}")
           for command, cases in CASES.items() for args, named in cases]
 

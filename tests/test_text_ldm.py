@@ -121,3 +121,44 @@ def test_prompt_attention_gives_one_map_per_word_on_the_latent_grid():
     assert torch.allclose(result.maps.sum(0), torch.ones(4, 4), atol=1e-4)
     with pytest.raises(VdError, match="not text"):
         tasks.prompt_attention(_ldm("class"), "disk")
+
+
+# --- the commands end to end, on generated shapes ------------------------------------------------
+
+TINY_TEXT = ["--set", "conditioning=text", "--set", "clip.model.embed_dim=16", "--set", "clip.model.image.patch_size=4",
+             "--set", "clip.model.image.dim=32", "--set", "clip.model.image.depth=1", "--set", "clip.model.image.heads=2",
+             "--set", "clip.model.text.dim=32", "--set", "clip.model.text.depth=1", "--set", "clip.model.text.heads=2",
+             "--set", "clip.train.steps=10", "--set", "clip.train.batch_size=32", "--set", "clip.train.eval_every=10",
+             "--set", "clip.train.warmup_steps=2", "--set", "clip.train.eval_images=64"]
+
+
+def test_text_ldm_from_nothing_then_prompts_in_every_generating_command(tmp_path):
+    from pathlib import Path
+
+    from test_cli import TINY_LDM, ok, recipe, vd
+
+    out = ok("train-ldm", recipe(tmp_path, "t", "ldm"), *TINY_LDM, *TINY_TEXT)
+    assert "training CLIP first" in out and "denoiser trained" in out
+    run = Path("runs/t/latest")
+    assert (run / "clip" / "checkpoint.safetensors").is_file() and (run / "samples_000010.png").is_file()
+    alone = tmp_path / "text.safetensors"
+    (run / "checkpoint.safetensors").rename(alone)  # the checkpoint alone carries VAE, text tower and tokenizer
+    import shutil
+
+    shutil.rmtree(run.resolve())
+
+    out = ok("sample", "--checkpoint", alone, "--prompt", "disk", "--prompt", "a square", "--n", 2, "--steps", 3, "--out", tmp_path / "s")
+    assert "4 images" in out and (tmp_path / "s" / "grid.png").is_file()
+    out = ok("sample", "--checkpoint", alone, "--class", "disk", "--n", 2, "--steps", 3, "--out", tmp_path / "c")
+    assert "disk" in out  # --class on a text model is the prompt
+    out = ok("sample", "--checkpoint", alone, "--init", "synthetic:test:0", "--prompt", "disk", "--strength", "0.5",
+             "--n", 2, "--steps", 3, "--out", tmp_path / "i")
+    assert "made anew 2 ways" in out
+    out = ok("inpaint", "synthetic:test:1", "--mask", "box:0,8,16,16", "--checkpoint", alone, "--prompt", "a disk",
+             "--n", 2, "--steps", 3, "--out", tmp_path / "f")
+    assert "filled 128 of 256 pixels 2 ways" in out
+    out = ok("attn-map", "--prompt", "a disk", "--checkpoint", alone, "--steps", 3, "--out", tmp_path / "a")
+    assert any(p.suffix == ".png" for p in (tmp_path / "a").iterdir())
+
+    result = vd("sample", "--checkpoint", alone, "--prompt", "disk", "--class", "disk")
+    assert result.exit_code == 2 and "give one of them" in result.output

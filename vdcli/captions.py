@@ -286,20 +286,10 @@ def folder_captions(root: str | Path) -> dict[Path, list[str]] | None:
 
 
 def folder_files(root: str | Path, split: str) -> list[Path]:
-    """The image files of an image-folder split, in the order ``data.load_split`` reads them
-    (sorted classes, sorted files, every 10th file the test split when there are no split folders)."""
-    from vdcli.data import IMAGE_SUFFIXES
+    """The image files of an image-folder split, in the order ``data.load_split`` reads them."""
+    from vdcli.data import folder_groups
 
-    path = Path(root).expanduser()
-    has_splits = (path / "train").is_dir() and (path / "test").is_dir()
-    base = path / split if has_splits else path
-    out = []
-    for name in sorted(p.name for p in base.iterdir() if p.is_dir()):
-        files = sorted(f for f in (base / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not has_splits:
-            files = [f for i, f in enumerate(files) if (i % 10 == 9) == (split == "test")]
-        out += files
-    return out
+    return [f for _, files in folder_groups(Path(root), split) for f in files]
 
 
 def dataset_texts(data_cfg, split: str, n: int) -> list[list[str]] | None:

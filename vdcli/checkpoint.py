@@ -28,7 +28,7 @@ from vdcli import __version__
 from vdcli.errors import VdError
 
 KINDS = {"vit": "a ViT classifier (vd train-vit)", "vae": "a VAE (vd train-vae)", "ldm": "a latent diffusion model (vd train-ldm)",
-         "clip": "a CLIP image-text model (vd train-clip)"}
+         "clip": "a CLIP image-text model (vd train-clip)", "controlnet": "a ControlNet on an LDM (vd train-controlnet)"}
 
 
 @dataclass

@@ -123,28 +123,35 @@ def _class_name(name: str) -> str:
     return name.split(" - ", 1)[1] if " - " in name else name
 
 
-def _folder(path: Path, split: str, size: int) -> ImageSet:
-    """An image-folder tree: path/<class>/*.png, or path/train/<class>/ and path/test/<class>/.
+def folder_groups(path: Path, split: str) -> list[tuple[str, list[Path]]]:
+    """(class name, image files) of an image-folder split, in the order it is read: path/<class>/*.png,
+    or path/train/<class>/ and path/test/<class>/; or a flat folder of images with no sub-folders,
+    one class named after the folder (for ``conditioning: none``, or a ``metadata.jsonl`` beside them).
 
     Without train/ and test/ sub-folders, every 10th image of each class is the test split.
     """
-    if not path.is_dir():
-        raise VdError(f"data.path {path} is not a folder; it should hold one sub-folder of images per class")
+    path = Path(path).expanduser()
     has_splits = (path / "train").is_dir() and (path / "test").is_dir()
     base = path / split if has_splits else path
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
-    if not classes:
-        raise VdError(f"{base} has no class sub-folders; put the images of each class in a folder of its own")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(f for f in (base / name).rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-        if not has_splits:
-            files = [f for i, f in enumerate(files) if (i % 10 == 9) == (split == "test")]
-        for f in files:
-            images.append(read_image(f))
-            labels.append(label)
+    groups = [(p.name, sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES))
+              for p in sorted(base.iterdir()) if p.is_dir()]
+    if not groups:  # a flat folder
+        groups = [(base.resolve().name, sorted(f for f in base.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))]
+    if not has_splits:
+        groups = [(name, [f for i, f in enumerate(files) if (i % 10 == 9) == (split == "test")]) for name, files in groups]
+    return groups
+
+
+def _folder(path: Path, split: str, size: int) -> ImageSet:
+    """An image folder (``folder_groups``) as an ImageSet."""
+    if not path.is_dir():
+        raise VdError(f"data.path {path} is not a folder; it should hold the images, or one sub-folder of images per class")
+    groups = folder_groups(path, split)
+    images = [read_image(f) for _, files in groups for f in files]
+    labels = [label for label, (_, files) in enumerate(groups) for _ in files]
     if not images:
-        raise VdError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {base}")
+        raise VdError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
+    classes = [name for name, _ in groups]
     channels = 3 if any(im.shape[0] == 3 for im in images) else 1
     fitted = torch.cat([fit_images(im[None], size, channels) for im in images])
     return ImageSet(fitted, torch.tensor(labels), classes)

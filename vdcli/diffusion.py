@@ -327,6 +327,24 @@ def sampler_timesteps(sampler: str, steps: int, T: int) -> list[int]:
     return grid.flip(0)[:-1].tolist()
 
 
+def strength_start(sampler: str, steps: int, T: int, strength: float) -> int | None:
+    """Where image-to-image (SDEdit, Meng et al. 2022, sec. 3) starts for a ``strength`` in [0, 1].
+
+    The run keeps the last k = round(strength · S) timesteps of the S-step run, as diffusers'
+    img2img pipelines do, and returns the first of them: the input's latent is noised to that
+    level and denoised from there. strength 1 keeps the whole run (returns None: start from pure
+    noise, which is plain sampling); strength 0 keeps none (returns −1: the input unchanged).
+    The start grows with the strength, so more of the input's shape is lost.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    ts = sampler_timesteps(sampler, steps, T)
+    k = round(strength * len(ts))
+    if k == len(ts):
+        return None
+    return ts[len(ts) - k] if k > 0 else -1
+
+
 def _batch_t(t: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)  # (B,)
 

@@ -53,6 +53,21 @@ def with_row_labels(image: Image.Image, labels: list[str], row_height: int) -> I
     return out
 
 
+def with_column_labels(image: Image.Image, labels: list[str], column_width: int, left: int = 0) -> Image.Image:
+    """Write a label (one or more lines) above each column of a grid whose columns start ``left`` pixels in."""
+    size = max(10, min(column_width // 6, 15))
+    font, line = _font(size), size + 4
+    lines = max(label.count("\n") + 1 for label in labels)
+    top = lines * line + 6
+    out = Image.new("RGB", (image.width, image.height + top), (255, 255, 255))
+    out.paste(image, (0, top))
+    draw = ImageDraw.Draw(out)
+    for i, label in enumerate(labels):
+        for k, text in enumerate(label.split("\n")):
+            draw.text((left + i * column_width + column_width // 2, 3 + k * line + line // 2), text, fill=(0, 0, 0), font=font, anchor="mm")
+    return out
+
+
 def save(image: Image.Image, path: Path) -> Path:
     path = Path(path)
     atomic_write(path, lambda tmp: image.save(tmp, format=path.suffix.lstrip(".").upper().replace("JPG", "JPEG")))
@@ -91,6 +106,13 @@ def enlarge(image: Image.Image, min_side: int = 224) -> Image.Image:
 
 
 def _font(size: int) -> ImageFont.ImageFont:
+    """DejaVu Sans, which matplotlib ships (it has Greek: ᾱ, ε), else Pillow's default font."""
+    try:
+        import matplotlib
+
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    except (ImportError, OSError):
+        pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font
@@ -171,6 +193,17 @@ def _save_fig(fig, out: Path) -> Path:
     atomic_write(Path(out), lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
     return Path(out)
+
+
+def vstack(panels: list[Image.Image], gap: int = 6) -> Image.Image:
+    """Pictures one above the other on white, centred."""
+    width = max(p.width for p in panels)
+    out = Image.new("RGB", (width, sum(p.height for p in panels) + gap * (len(panels) - 1)), (255, 255, 255))
+    y = 0
+    for p in panels:
+        out.paste(p.convert("RGB"), ((width - p.width) // 2, y))
+        y += p.height + gap
+    return out
 
 
 def hstack(panels: list[Image.Image], captions: list[str] | None = None, gap: int = 4) -> Image.Image:

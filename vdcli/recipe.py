@@ -88,6 +88,7 @@ class SampleConfig(Section):
     steps: int = Field(50, gt=0)
     eta: float = Field(0.0, ge=0)  # DDIM only
     guidance: float = Field(3.0, ge=0)  # 1 = off
+    prompts: list[str] | None = None  # a text model's rows in the training grids (default: the class names)
 
 
 class UNetSection(UNetConfig):
@@ -146,22 +147,39 @@ class VAEStage(Section):
 class LDMRecipe(Section):
     kind: Literal["ldm"] = "ldm"
     # class: the denoiser takes a class label (and a null label, for guidance); none: no label at all,
-    # for image folders without classes (sampling then takes no --class and no guidance)
-    conditioning: Literal["class", "none"] = "class"
+    # for image folders without classes (sampling then takes no --class and no guidance); text: the
+    # frozen CLIP text tower's token states, through cross-attention (the clip: stage below)
+    conditioning: Literal["class", "none", "text"] = "class"
     data: DataConfig = DataConfig()
     vae: VAEStage = VAEStage()
+    clip: CLIPStage = CLIPStage()  # conditioning: text only
     model: Denoiser = UNetSection()
     diffusion: DiffusionConfig = DiffusionConfig()
     train: LDMTrainConfig = LDMTrainConfig()
     sample: SampleConfig = SampleConfig()
 
 
+class ControlNetTrainConfig(TrainConfig):
+    control_drop_prob: float = Field(0.1, ge=0, le=1)  # control maps dropped to an empty map, so that --control-scale has a base to scale from
+
+
+class ControlNetRecipe(Section):
+    """A ControlNet on a trained LDM: the base is frozen; its data, condition drop rate and sampler are the base's."""
+
+    kind: Literal["controlnet"] = "controlnet"
+    base: str  # the LDM run folder or checkpoint to control (vd train-ldm)
+    control: Literal["edges", "scribble", "depth"] = "scribble"  # vdcli/controls.py
+    train: ControlNetTrainConfig = ControlNetTrainConfig()
+
+
 DENOISER_RECIPES = {"unet": "recipes/mnist_latent.yaml", "dit": "recipes/mnist_latent_dit.yaml"}
 NAMES = {"unet": "U-Net", "dit": "DiT"}
-RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe, "clip": CLIPRecipe}
-COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm", "clip": "vd train-clip"}
+RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe, "clip": CLIPRecipe,
+                                     "controlnet": ControlNetRecipe}
+COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm", "clip": "vd train-clip",
+            "controlnet": "vd train-controlnet"}
 SHIPPED = {"vit": "recipes/mnist_vit.yaml", "vae": "recipes/mnist_vae.yaml", "ldm": "recipes/mnist_latent.yaml",
-           "clip": "recipes/mnist_clip.yaml"}
+           "clip": "recipes/mnist_clip.yaml", "controlnet": "recipes/mnist_controlnet.yaml"}
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -299,6 +317,8 @@ def _divisors(n: int, limit: int = 16) -> str:
 def _conflicts(recipe: Section) -> list[tuple[tuple[tuple[str, ...], ...], str]]:
     """(the key paths involved, what is wrong) for every constraint the recipe breaks."""
     out = []
+    if isinstance(recipe, ControlNetRecipe):
+        return out  # its shapes are the base's: checked when the base is read
     size = recipe.data.image_size
     if isinstance(recipe, (ViTRecipe, CLIPRecipe)):
         model = recipe.model if isinstance(recipe, ViTRecipe) else recipe.model.image  # CLIP's image tower is a ViT

@@ -110,7 +110,7 @@ def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes
 def train_command(kind: str, name: str, doc: str):
     """Register ``vd <name> RECIPE``: the same options for every kind; ``report`` prints the summary."""
     label, example = {"vit": ("A ViT", "mnist_vit.yaml"), "vae": ("A VAE", "mnist_vae.yaml"), "ldm": ("An LDM", "mnist_latent.yaml"),
-                      "clip": ("A CLIP", "mnist_clip.yaml")}[kind]
+                      "clip": ("A CLIP", "mnist_clip.yaml"), "controlnet": ("A ControlNet", "mnist_controlnet.yaml")}[kind]
 
     def register(report):
         def train(

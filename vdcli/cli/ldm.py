@@ -1,4 +1,4 @@
-"""The latent diffusion commands: ``vd train-ldm``, ``vd sample``, ``vd inpaint``."""
+"""The latent diffusion commands: ``vd train-ldm``, ``vd sample`` (and image-to-image), ``vd inpaint``, ``vd diffuse``."""
 
 import time
 from pathlib import Path
@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from vdcli.cli.app import command, duration, say, train_command
-from vdcli.cli.options import DataRoot, Device, check_choice, check_data_root, check_device, check_input, check_items, check_out, check_steps
+from vdcli.cli.control import ControlMap, ControlNetRun, ControlScale, ControlType, check_control, load_control_maps, steer
+from vdcli.cli.options import DataRoot, Device, check_choice, check_data_root, check_device, check_fractions, check_input, check_items, check_out, check_steps
 from vdcli.errors import VdError
 
 
@@ -17,7 +18,8 @@ from vdcli.errors import VdError
 
     Writes runs/<recipe>/<time>/: checkpoint.safetensors (denoiser, EMA, and its VAE: sample needs
     nothing else), latents.safetensors (the cached encodings), samples_<step>.png (one row per
-    class, fixed seed), loss.png, and vae/ when the VAE was trained here.
+    class, fixed seed), forward_process.png and schedule.png (what the noise does to a test
+    image, as vd diffuse draws them), loss.png, and vae/ when the VAE was trained here.
     """)
 def _report_ldm(summary) -> None:
     say(
@@ -40,21 +42,32 @@ def sample_cmd(
     n: Annotated[int, typer.Option("--n", help="Images per class or prompt.", min=1)] = 8,
     batch_size: Annotated[int, typer.Option(help="Images denoised at once.", min=1)] = 256,
     trajectory: Annotated[bool, typer.Option("--trajectory", help="Also write trajectory.gif: the predicted x0 at every step.")] = False,
+    init: Annotated[Optional[str], typer.Option("--init", help="Image-to-image (SDEdit): start from this image, a file or a dataset reference such as mnist:test:7, instead of pure noise.")] = None,
+    strength: Annotated[Optional[str], typer.Option(help="With --init: how much of the image to make anew, 0 (kept) to 1 (pure noise, plain sampling); several as 0.3,0.5,0.7,0.9, a column each (default 0.8).")] = None,
+    controlnet: ControlNetRun = None,
+    control: ControlMap = None,
+    control_type: ControlType = None,
+    control_scale: ControlScale = 1.0,
     seed: Annotated[int, typer.Option(help="Same seed and options, same images.", min=0, max=2**32 - 1)] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/sample"),
     device: Device = "auto",
+    data_root: DataRoot = None,
 ) -> None:
     """Generate images with the DDIM, DPM-Solver++(2M) or DDPM sampler from a trained latent diffusion model.
 
     Example: [bold]vd sample --steps 50 --sampler ddim --class seven --n 16[/]
     A text model: [bold]vd sample --prompt "a bold seven" --prompt "a thin 2 leaning left" --n 8[/]
+    Image-to-image: [bold]vd sample --init mnist:test:0 --class 3 --strength 0.3,0.5,0.7,0.9[/]
+    Following a control map: [bold]vd sample --controlnet runs/mnist_controlnet/latest --control mnist:test:7 --class all --n 1[/]
 
-    Writes grid.png (one row per class or prompt), every image as images/<class>_<i>.png, and with
-    --trajectory an animated GIF of the denoising.
+    Writes grid.png (one row per class or prompt; with --init the input, then a column per
+    strength; with --control a row per map: the map, then every class), every image under
+    images/, and with --trajectory an animated GIF of the denoising.
     """
     import torch
 
     from vdcli.checkpoint import load_checkpoint
+    from vdcli.data import load_input
     from vdcli.diffusion import SAMPLERS
     from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm as tasks
@@ -62,17 +75,62 @@ def sample_cmd(
     check_input(checkpoint, "--checkpoint")
     check_choice(sampler, "--sampler", tuple(SAMPLERS))
     check_items(class_, "--class", "3,7")
+    check_input(init, "--init")
+    strengths = check_fractions(strength, "--strength", "0.3,0.5,0.7")
+    if strengths is not None and init is None:
+        raise VdError(f"--strength {strength}: strength is for image-to-image; give the image with --init")
+    if init is not None and trajectory:
+        raise VdError("--trajectory: not with --init; the trajectory is written for sampling from noise")
+    check_control(controlnet, control, control_type, checkpoint)
+    if control and len(control) > 1 and (init is not None or trajectory):
+        raise VdError(f"--control: give one map with {'--init' if init is not None else '--trajectory'}")
     check_out(out)
+    check_data_root(data_root)
     where = check_device(device)
-    path, found = find_checkpoint(checkpoint, "ldm")
-    model = tasks.load_ldm(load_checkpoint(path, "ldm"), where)
+    controlled = None
+    if controlnet is not None:
+        ckpt, controlled, found = steer(controlnet, where)
+        maps = load_control_maps(controlled, control, control_type, data_root)
+        model = controlled.steered(maps[0], control_scale)
+    else:
+        path, found = find_checkpoint(checkpoint, "ldm")
+        ckpt = load_checkpoint(path, "ldm")
+        model = tasks.load_ldm(ckpt, where)
     sampler = sampler or model.defaults.sampler
     steps = steps or (model.schedule.T if sampler == "ddpm" else model.defaults.steps)
     check_steps(steps, model.schedule.T)
-    classes, names, w = tasks.condition(model, class_, guidance, prompts=prompt, negative=negative_prompt)
+    classes, names, w = tasks.condition(model, class_, guidance, single=init is not None, prompts=prompt, negative=negative_prompt)
     if eta is not None and sampler != "ddim":
         raise VdError(f"--eta {eta:g}: only the ddim sampler takes eta ({sampler} is {'stochastic' if sampler == 'ddpm' else 'deterministic'} by construction)")
     eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 0.0)
+    how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, guidance {w:g}, seed {seed}"
+    if init is not None:
+        spec = ckpt.meta["data"]
+        pixels, what = load_input(init, spec["image_size"], spec["channels"], data_root)
+        strengths = strengths or [0.8]
+        t0 = time.perf_counter()
+        made = tasks.image_to_image(model, pixels, classes[0], strengths, n=n, sampler=sampler, steps=steps, eta=eta,
+                                    guidance=w, negative=negative_prompt, seed=seed)  # (n, strengths, C, H, W)
+        seconds = time.perf_counter() - t0
+        written = tasks.save_image_to_image(pixels, made, strengths, out)
+        say(f"using {found}",
+            f"[bold]{what} made anew {n} ways[/] at strength {', '.join(f'{x:g}' for x in strengths)} "
+            f"({names[0]}; {how}) in {duration(seconds)}",
+            "wrote " + ", ".join(str(p) for p in written))
+        return
+    if controlled is not None:
+        from vdcli.tasks.controlnet import control_grid, save_control_grid
+
+        t0 = time.perf_counter()
+        samples = control_grid(controlled, maps, classes, n, seed=seed, scale=control_scale, sampler=sampler, steps=steps,
+                               eta=eta, guidance=w, negative=negative_prompt)
+        seconds = time.perf_counter() - t0
+        written = save_control_grid(samples, maps, control, len(classes) * n, out)
+        say(f"using {found}",
+            f"[bold]{len(maps)} control maps x {len(classes) * n} images[/] ({', '.join(names)}; {controlled.control}, "
+            f"scale {control_scale:g}; {how}) in {duration(seconds)}",
+            "wrote " + ", ".join(str(p) for p in written))
+        return
     t0 = time.perf_counter()
     negative = None if negative_prompt is None else [negative_prompt] * (len(classes) * n)
     samples, frames = tasks.generate_batched(model, tasks.repeat(classes, n), batch_size,
@@ -95,7 +153,7 @@ def sample_cmd(
         written.append(images.save_gif(gif, out / "trajectory.gif", fps=max(4.0, len(gif) / 5), hold_ends=1.0))
     say(
         f"using {found}",
-        f"[bold]{len(samples)} images[/] ({', '.join(names)}; {sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, guidance {w:g}, seed {seed}) "
+        f"[bold]{len(samples)} images[/] ({', '.join(names)}; {how}) "
         f"in {duration(seconds)}, {seconds / len(samples) * 1000:.0f} ms per image",
         "wrote " + ", ".join(str(p) for p in written),
     )
@@ -112,6 +170,10 @@ def inpaint_cmd(
     n: Annotated[int, typer.Option("--n", help="How many different fillings.", min=1)] = 4,
     steps: Annotated[int, typer.Option(help="DDIM steps.", min=1)] = 50,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale with --class (default: the recipe's).", min=0.0)] = None,
+    controlnet: ControlNetRun = None,
+    control: ControlMap = None,
+    control_type: ControlType = None,
+    control_scale: ControlScale = 1.0,
     seed: Annotated[int, typer.Option(help="Same seed, same fillings.", min=0, max=2**32 - 1)] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/inpaint"),
     device: Device = "auto",
@@ -136,12 +198,20 @@ def inpaint_cmd(
     check_input(mask, "--mask")
     check_input(checkpoint, "--checkpoint")
     check_items(class_, "--class", "7")
+    check_control(controlnet, control, control_type, checkpoint)
+    if control and len(control) > 1:
+        raise VdError("--control: give one map here")
     check_out(out)
     check_data_root(data_root)
     where = check_device(device)
-    path, found = find_checkpoint(checkpoint, "ldm")
-    ckpt = load_checkpoint(path, "ldm")
-    model, spec = tasks.load_ldm(ckpt, where), ckpt.meta["data"]
+    if controlnet is not None:
+        ckpt, controlled, found = steer(controlnet, where)
+        model = controlled.steered(load_control_maps(controlled, control, control_type, data_root)[0], control_scale)
+    else:
+        path, found = find_checkpoint(checkpoint, "ldm")
+        ckpt = load_checkpoint(path, "ldm")
+        model = tasks.load_ldm(ckpt, where)
+    spec = ckpt.meta["data"]
     check_steps(steps, model.schedule.T)
     pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
     size = spec["image_size"]
@@ -161,3 +231,59 @@ def inpaint_cmd(
          f"({name}, DDIM {steps} steps, guidance {w:g})",
          f"wrote {out}/: inpaint.png, inpaint_0..{n - 1}.png")
 
+
+
+@command("diffuse")
+def diffuse_cmd(
+    image: Annotated[str, typer.Argument(help="The image: a file or a dataset reference such as mnist:test:0.")],
+    checkpoint: Annotated[Optional[str], typer.Option(help="A VAE or LDM checkpoint or run folder: adds the latent-space row (default: none, pixels only).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="linear, scaled_linear or cosine (default: the LDM's, else linear).")] = None,
+    timesteps: Annotated[Optional[int], typer.Option(help="T, the number of noise levels (default: the LDM's, else 1000).", min=2)] = None,
+    gif: Annotated[bool, typer.Option("--gif", help="Also write forward_process.gif: the noise rising level by level.")] = False,
+    seed: Annotated[int, typer.Option(help="The noise ε drawn once for every level.", min=0, max=2**32 - 1)] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("out/diffuse"),
+    device: Device = "auto",
+    data_root: DataRoot = None,
+) -> None:
+    """Show the forward process: an image noised step by step, and how each noise schedule decides how long it survives.
+
+    Example: [bold]vd diffuse mnist:test:0[/]   with a latent row: [bold]vd diffuse mnist:test:0 --checkpoint runs/mnist_latent/latest[/]
+
+    Writes forward_process.png (the image by q(x_t | x_0) at t = 0, (T-1)/8, ..., T-1, one ε for
+    all; with --checkpoint, its latent noised the same way and decoded back), schedule.png (ᾱ_t
+    and log SNR of every schedule, and the image at equal t under each) and, with --gif,
+    forward_process.gif.
+    """
+    from vdcli.checkpoint import KINDS, load_checkpoint
+    from vdcli.data import fit_images, load_input
+    from vdcli.diffusion import NoiseSchedule
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks import diffuse, ldm, vae
+
+    check_input(image, "IMAGE")
+    check_input(checkpoint, "--checkpoint")
+    check_choice(schedule, "--schedule", diffuse.SCHEDULES)
+    check_out(out)
+    check_data_root(data_root)
+    where = check_device(device)
+    codec, size, channels, found, ckpt_kind = None, None, None, None, None
+    name, T = schedule or "linear", timesteps or 1000
+    if checkpoint is not None:
+        path, found = find_checkpoint(checkpoint, "vae")
+        ckpt = load_checkpoint(path)
+        if ckpt.kind not in ("vae", "ldm"):
+            raise VdError(f"--checkpoint {path} is {KINDS[ckpt.kind]}, but the latent row needs {KINDS['vae']} or {KINDS['ldm']}")
+        size, channels, ckpt_kind = ckpt.meta["data"]["image_size"], ckpt.meta["data"]["channels"], ckpt.kind
+        if ckpt.kind == "ldm":
+            codec = ldm.load_ldm(ckpt, where)
+            name, T = schedule or ckpt.meta["diffusion"]["schedule"], timesteps or ckpt.meta["diffusion"]["timesteps"]
+        else:
+            codec = diffuse.VAECodec(*vae.load_vae(ckpt, where))
+    pixels, what = load_input(image, size, channels, data_root)
+    if size is None and max(pixels.shape[1:]) > 128:  # a photo: the grid stays a screen wide
+        pixels = fit_images(pixels[None], 128, None)[0]
+    why = "this model" if ckpt_kind == "ldm" and schedule is None else "forward_process.png"
+    written = diffuse.write_diffusion_pictures(pixels, NoiseSchedule(name, T), name, codec, out, seed, gif, why)
+    say(*([f"using {found}"] if found else []),
+        f"{what}: the forward process under the {name} schedule, T = {T}" + (", in pixels and in latents" if codec else ", in pixels"),
+        "wrote " + ", ".join(str(p) for p in written))

@@ -94,3 +94,18 @@ def check_steps(steps: int, T: int, option: str = "--steps") -> int:
     if steps > T:
         raise VdError(f"{option} {steps}: this model was trained with T = {T} timesteps; use at most {T}")
     return steps
+
+
+def check_fractions(value: str | None, option: str, example: str) -> list[float] | None:
+    """A comma-separated list of numbers in [0, 1] ('0.3,0.5'), in the order given."""
+    parts = check_items(value, option, example)
+    if parts is None:
+        return None
+    try:
+        numbers = [float(p) for p in parts]
+    except ValueError:
+        raise VdError(f"{option} {value}: expected numbers between 0 and 1, e.g. {option} {example}") from None
+    for x in numbers:
+        if not 0.0 <= x <= 1.0:
+            raise VdError(f"{option} {value}: {x:g} is outside 0..1 (0 keeps the input, 1 is pure noise)")
+    return numbers

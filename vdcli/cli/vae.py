@@ -15,7 +15,8 @@ from vdcli.errors import VdError
     Example: [bold]vd train-vae recipes/mnist_vae.yaml[/]
 
     Writes runs/<recipe>/<time>/: checkpoint.safetensors (with the latent scale factor),
-    reconstructions.png (originals above reconstructions), samples.png (decoded prior samples), loss.png.
+    reconstructions.png (originals above reconstructions), samples.png (decoded prior samples),
+    latent_map.png (the test latents in 2-D by PCA, coloured by class), loss.png.
     """)
 def _report_vae(summary) -> None:
     say(

@@ -27,7 +27,7 @@ from vdcli import images
 from vdcli.checkpoint import KINDS, Checkpoint, atomic_write, load_checkpoint, read_header
 from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
 from vdcli.errors import VdError
-from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, timesteps
+from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, strength_start
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, LatentNorm
@@ -179,6 +179,49 @@ def generate(
     return ldm.decode(z), frames
 
 
+@torch.no_grad()
+def image_to_image(
+    ldm: LDM,
+    image: torch.Tensor,
+    label: int | str,
+    strengths: list[float],
+    *,
+    n: int = 4,
+    sampler: str = "ddim",
+    steps: int = 50,
+    eta: float = 0.0,
+    guidance: float = 1.0,
+    negative: str | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """SDEdit (Meng et al. 2022): ``image`` (uint8 [C, H, W]) made anew n ways per strength, with
+    the class or prompt ``label``. Returns uint8 [n, len(strengths), C, H, W].
+
+    The image's latent is noised to the timestep each strength stands for
+    (``diffusion.strength_start``) and denoised from there by the one sampling loop. Every
+    strength starts from the same seed, so a row shares its noise: strength 1 is exactly
+    ``vd sample`` with that seed, strength 0 the decoded input.
+    """
+
+    z_init = ldm.encode(to_float(image)[None]).expand(n, *ldm.latent_shape)  # (n, c, h, w)
+    labels = [label] * n if isinstance(label, str) else torch.full((n,), label)
+    model_fn = ldm.model_fn(labels, guidance, None if negative is None else [negative] * n)
+    columns = []
+    for strength in strengths:
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, *ldm.latent_shape), generator=generator).to(ldm.device)  # as generate() draws it
+        start = strength_start(sampler, steps, ldm.schedule.T, strength)
+        if start == -1:
+            z = z_init
+        elif start is None:
+            z = sample(model_fn, noise, ldm.schedule, sampler, steps, eta, generator=generator)
+        else:
+            x = add_noise(ldm.schedule, z_init, noise, torch.full((n,), start))
+            z = sample(model_fn, x, ldm.schedule, sampler, steps, eta, generator=generator, start_t=start)
+        columns.append(ldm.decode(z))
+    return torch.stack(columns, dim=1)
+
+
 def condition(ldm: LDM, spec: str | None, guidance: float | None, single: bool = False, prompts: list[str] | None = None,
               negative: str | None = None) -> tuple[list, list[str], float]:
     """(labels, their names, guidance w) for a --class option: '7', 'seven', '3,7', 'all' or 'none'.
@@ -263,6 +306,21 @@ def class_grid(ldm: LDM, classes: list, per_class: int, seed: int, **options) ->
 def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int, out: Path) -> Path:
     picture = images.grid(samples, nrow=per_class)
     return images.save(images.with_row_labels(picture, row_names, picture.height // len(row_names)), out)
+
+
+def save_image_to_image(image: torch.Tensor, made: torch.Tensor, strengths: list[float], out: Path) -> list[Path]:
+    """grid.png: per row the input, then one column per strength; and every image under images/."""
+    n, k = made.shape[:2]
+    out.mkdir(parents=True, exist_ok=True)
+    rows = torch.cat([image.expand(n, 1, *image.shape), made], dim=1).flatten(0, 1)  # (n · (k + 1), C, H, W)
+    picture = images.grid(rows, nrow=k + 1)
+    labels = ["input"] + [f"strength {x:g}" for x in strengths]
+    written = [images.save(images.with_column_labels(picture, labels, picture.width // (k + 1)), out / "grid.png")]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        for j, x in enumerate(strengths):
+            images.save(images.to_pil(made[i, j]), out / "images" / f"strength{x:g}_{i}.png")
+    return written + [out / "images"]
 
 
 @torch.no_grad()
@@ -459,6 +517,13 @@ def text_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume:
     return load_checkpoint(stage.checkpoint, "clip"), f"CLIP trained in {stage.dir}"
 
 
+def clip_recipe(recipe: LDMRecipe):
+    """The CLIP recipe of a text LDM's text stage: its clip: section, on the LDM's data."""
+    from vdcli.recipe import CLIPRecipe
+
+    return CLIPRecipe(data=recipe.data, model=recipe.clip.model, train=recipe.clip.train)
+
+
 class TextCache:
     """The frozen text encoder's (states, pooled, mask) per unique caption, computed once each.
 
@@ -575,8 +640,14 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         save_class_grid(samples, names, 8, run.dir / f"samples_{step:06d}.png")
         return {"sample_seconds": time.perf_counter() - t0}
 
+    pictures = [run.dir / "forward_process.png", run.dir / "schedule.png"]
+    if not all(p.exists() for p in pictures):  # once per run: what the forward process does to this data
+        from vdcli.tasks.diffuse import VAECodec, write_diffusion_pictures
+
+        write_diffusion_pictures(test_set.images[0], schedule, recipe.diffusion.schedule, VAECodec(vae, norm=norm), run.dir)
+
     result = fit(model, loss_fn, data, cfg, run, kind="ldm", meta=meta, device=device,
                  seed=cfg.seed, evaluate=evaluate, extra=extra, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
-    files = [run.checkpoint, run.dir / "loss.png", *grids[-1:]]
+    files = [run.checkpoint, run.dir / "loss.png", *grids[-1:], *pictures]
     return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files)

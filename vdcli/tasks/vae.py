@@ -20,6 +20,7 @@ from vdcli.diffusion import slerp
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.recipe import VAERecipe
 from vdcli.runs import Run
+from vdcli.tasks.diffuse import latent_map
 from vdcli.trainer import fit, seeded_init
 
 
@@ -108,7 +109,8 @@ def train_stage(model_cfg, train_cfg, meta, train_set, test_set, run, *, device,
     save_checkpoint(run.checkpoint, "vae", {k: ckpt.weights(k) for k in ("model", "ema") if ckpt.has(k)}, ckpt.meta)
 
     files = [run.checkpoint, show_reconstructions(vae, test_set, device, run.dir / "reconstructions.png"),
-             show_samples(vae, scale, device, run.dir / "samples.png", train_cfg.seed), run.dir / "loss.png"]
+             show_samples(vae, scale, device, run.dir / "samples.png", train_cfg.seed), latent_map(vae, test_set, run.dir / "latent_map.png"),
+             run.dir / "loss.png"]
     return VAESummary(run, mse, psnr, scale, result.step, result.seconds, files)
 
 

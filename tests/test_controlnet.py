@@ -1,0 +1,109 @@
+"""ControlNet: control maps on hand-made images, the zero start, a frozen base, and the commands."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from test_cli import TINY_LDM, ok, recipe, vd
+
+from vdcli.controls import CONTROLS, control_map
+from vdcli.models.controlnet import ControlNet, Controlled
+from vdcli.models.unet import UNet, UNetConfig
+
+
+def square(size: int = 16, lo: int = 4, hi: int = 12) -> torch.Tensor:
+    image = torch.zeros(1, size, size, dtype=torch.uint8)
+    image[:, lo:hi, lo:hi] = 255
+    return image
+
+
+def test_edges_of_a_square_are_its_outline():
+    edges = control_map(square(), "edges")[0] > 127  # (16, 16)
+    assert edges.shape == (16, 16) and edges.any()
+    assert not edges[:2].any() and not edges[7:9, 7:9].any()  # nothing far outside, nothing in the flat middle
+    rows, cols = edges.nonzero().T
+    assert rows.min() >= 2 and rows.max() <= 13 and cols.min() >= 2 and cols.max() <= 13  # hugging the square's sides
+
+
+def test_scribble_of_a_thick_line_is_its_one_pixel_centre_line():
+    line = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    line[:, 6:11, 2:14] = 255  # a horizontal bar five pixels thick, centred on row 8
+    skeleton = control_map(line, "scribble")[0] > 127
+    assert skeleton[8, 5:11].all()  # the centre row (its ends fork towards the corners, as skeletons of rectangles do)
+    assert skeleton.sum(0)[5:11].eq(1).all()  # one pixel thick
+    assert not skeleton[:6].any() and not skeleton[11:].any()
+
+
+def test_depth_rises_towards_the_middle_of_the_stroke_and_is_zero_outside():
+    depth = control_map(square(16, 2, 14), "depth")[0].int()
+    assert depth[0].eq(0).all() and depth[7:9, 7:9].max() == 255  # the centre is the deepest
+    assert depth[8, 3] < depth[8, 5] < depth[8, 7]
+
+
+@pytest.mark.parametrize("kind", CONTROLS)
+def test_control_maps_are_deterministic_and_invert_a_light_page(kind):
+    image = square()
+    assert torch.equal(control_map(image, kind), control_map(image, kind))
+    assert torch.equal(control_map(image, kind), control_map(255 - image, kind))  # dark square on white: the same map
+
+
+def test_at_initialisation_the_controlled_model_is_exactly_the_base():
+    torch.manual_seed(0)
+    base = UNet(UNetConfig(channels=16, blocks_per_level=1), 8, 4, 3)
+    for p in base.parameters():  # a "trained" base: no zero layers left
+        torch.nn.init.normal_(p, std=0.05)
+    net = ControlNet(base, factor=4)
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.tensor([0, 3])
+    hint = torch.rand(1, 1, 32, 32)
+    assert torch.equal(Controlled(base, net, hint)(x, t, y), base(x, t, y))
+    residuals = net(x, t, hint.expand(2, -1, -1, -1), y)
+    assert all(r.abs().max() == 0 for r in residuals)
+    # ... and yet every new weight is reachable: the zero convs get gradient from the first step
+    Controlled(base, net, hint)(x, t, y).pow(2).sum().backward()
+    assert all(z.weight.grad is not None and z.weight.grad.abs().sum() > 0 for z in net.zero)
+
+
+def test_train_controlnet_keeps_the_base_frozen_and_steers_sampling(tmp_path):
+    ok("train-ldm", recipe(tmp_path, "base", "ldm"), *TINY_LDM, "--quiet")
+    base_ckpt = Path("runs/base/latest/checkpoint.safetensors")
+    before = base_ckpt.read_bytes()
+    cn = tmp_path / "cn.yaml"
+    cn.write_text("kind: controlnet\nbase: runs/base/latest\ncontrol: edges\n")
+    out = ok("train-controlnet", cn, "--set", "train.steps=6", "--set", "train.batch_size=16", "--set", "train.eval_every=6",
+             "--set", "train.log_every=3")
+    assert "ControlNet trained: 6 steps" in out
+    run = Path("runs/cn/latest")
+    assert (run / "samples_000006.png").is_file() and (run / "controls.safetensors").is_file()
+    assert base_ckpt.read_bytes() == before  # the base is untouched
+
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.tasks.controlnet import embedded_base
+
+    ckpt = load_checkpoint(run / "checkpoint.safetensors", "controlnet")
+    base = load_checkpoint(base_ckpt, "ldm")
+    carried = embedded_base(ckpt)
+    assert all(torch.equal(carried.tensors[k], v) for k, v in base.tensors.items())  # the base travels along, unchanged
+
+    out = ok("sample", "--controlnet", run, "--control", "synthetic:test:0", "--control", "synthetic:test:1",
+             "--class", "all", "--n", 1, "--steps", 3, "--out", tmp_path / "s")
+    assert "2 control maps" in out
+    assert Image.open(tmp_path / "s" / "grid.png").height > 16 * 2
+    zero = ok("sample", "--controlnet", run, "--control", "synthetic:test:0", "--control-scale", 0, "--class", "disk",
+              "--n", 2, "--steps", 3, "--out", tmp_path / "z")
+    assert "scale 0" in zero
+    plain = ok("sample", "--checkpoint", "runs/base/latest", "--class", "disk", "--n", 2, "--steps", 3, "--out", tmp_path / "p")
+    assert "2 images" in plain
+    for i in range(2):  # scale 0 is exactly the base model
+        assert Image.open(tmp_path / "z" / "images" / f"control0_{i}.png").tobytes() == \
+            Image.open(tmp_path / "p" / "images" / f"disk_{i}.png").tobytes()
+
+    ok("control", "synthetic:test:0", "--type", "scribble", "--out", tmp_path / "m")
+    out = ok("sample", "--controlnet", run, "--control", tmp_path / "m" / "scribble.png", "--class", "disk", "--n", 1,
+             "--steps", 3, "--init", "synthetic:test:2", "--strength", "0.5", "--out", tmp_path / "i")
+    assert "made anew" in out
+    out = ok("inpaint", "synthetic:test:1", "--mask", "box:0,8,16,16", "--controlnet", run, "--control", "synthetic:test:1",
+             "--class", "disk", "--n", 1, "--steps", 3, "--out", tmp_path / "f")
+    assert "filled" in out
+    result = vd("sample", "--controlnet", run, "--checkpoint", "runs/base/latest", "--control", "synthetic:test:0")
+    assert result.exit_code == 2 and "carries its base" in result.output

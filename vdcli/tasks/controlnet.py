@@ -1,0 +1,196 @@
+"""ControlNet: train one on a frozen LDM, and sample with a control map.
+
+``train`` reads the base LDM run the recipe names (its denoiser frozen, its VAE, data and
+condition drop rate), computes the recipe's control map of every training image once
+(``controls.control_maps``, cached in ``<run>/controls.safetensors``), and trains
+``models.controlnet.ControlNet`` through ``trainer.fit`` on the base's own loss: the base's
+prediction with the ControlNet's residuals added, against the same target. Labels are dropped to
+the null class at the base's rate and control maps to an empty map at ``control_drop_prob``.
+
+The checkpoint (kind "controlnet") carries the whole base checkpoint under ``base.`` (its meta
+under meta["base"]), so ``vd sample --controlnet RUN`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vdcli import images
+from vdcli.checkpoint import KINDS, Checkpoint, atomic_write, load_checkpoint, read_header
+from vdcli.controls import control_maps
+from vdcli.data import load_split
+from vdcli.diffusion import diffusion_loss
+from vdcli.errors import VdError
+from vdcli.models.controlnet import ControlNet, Controlled
+from vdcli.models.unet import UNet
+from vdcli.recipe import ControlNetRecipe, DataConfig
+from vdcli.runs import Run, find_checkpoint
+from vdcli.tasks.ldm import LDM, cached_latents, generate, load_ldm
+from vdcli.trainer import fit, seeded_init
+
+
+def base_checkpoint(named: str) -> Path:
+    """The base LDM checkpoint a ControlNet recipe names, checked from its header before any work."""
+    if not Path(named).exists():
+        raise VdError(f"base {named} not found; give the LDM run folder or checkpoint to control (vd train-ldm)")
+    path, _ = find_checkpoint(named, "ldm")
+    header = read_header(path)
+    if header.get("kind") != "ldm":
+        raise VdError(f"base {path} is {KINDS.get(header.get('kind'), 'not a vd checkpoint')}, but a ControlNet needs {KINDS['ldm']}")
+    meta = json.loads(header["meta"])
+    if meta["model"]["arch"] != "unet":
+        raise VdError(f"base {path} has a {meta['model']['arch']} denoiser; ControlNet copies a U-Net's encoder (train the base with model.arch: unet)")
+    if meta.get("conditioning", "class") == "text":
+        raise VdError(f"base {path} is a text model; ControlNet training on captions is not built yet: use a class or unconditional base")
+    return path
+
+
+def embedded_base(ckpt: Checkpoint) -> Checkpoint:
+    """The base LDM checkpoint a ControlNet checkpoint carries."""
+    start = "base."
+    return Checkpoint(ckpt.path, "ldm", ckpt.meta["base"], {k[len(start):]: v for k, v in ckpt.tensors.items() if k.startswith(start)})
+
+
+def build_controlnet(base: UNet, meta: dict) -> ControlNet:
+    return ControlNet(base, meta["data"]["image_size"] // meta["latent_shape"][-1])
+
+
+@dataclass
+class ControlledLDM:
+    ldm: LDM  # the base
+    controlnet: ControlNet
+    control: str  # edges, scribble or depth
+    image_size: int  # the base's images, and so the control maps, are image_size x image_size
+
+    def steered(self, hint: torch.Tensor, scale: float = 1.0) -> LDM:
+        """The base LDM with its denoiser steered at ``scale`` by one control map (uint8 [1, H, W]) for
+        every image, or by one map per image (uint8 [B, 1, H, W], in the order of the images)."""
+        from dataclasses import replace
+
+        hint = hint.float() / 255.0
+        hint = (hint[None] if hint.dim() == 3 else hint).to(self.ldm.device)  # (1 or B, 1, H, W)
+        return replace(self.ldm, denoiser=Controlled(self.ldm.denoiser, self.controlnet, hint, scale))
+
+
+def load_controlled(ckpt: Checkpoint, device: torch.device) -> ControlledLDM:
+    base = load_ldm(embedded_base(ckpt), device)
+    net = build_controlnet(base.denoiser, ckpt.meta["base"])
+    net.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
+    return ControlledLDM(base, net.to(device).eval().requires_grad_(False), ckpt.meta["control"], ckpt.meta["data"]["image_size"])
+
+
+@dataclass
+class ControlNetSummary:
+    run: Run
+    loss: float
+    steps: int
+    seconds: float
+    files: list[Path]
+
+
+def cached_controls(run: Run, train_images: torch.Tensor, kind: str) -> torch.Tensor:
+    """The ``kind`` control map of every training image (uint8 [N, 1, H, W]), computed once per run."""
+    path = run.dir / "controls.safetensors"
+    if path.is_file():
+        return load_file(str(path))["controls"]
+    maps = control_maps(train_images, kind)
+    atomic_write(path, lambda tmp: save_file({"controls": maps.contiguous()}, str(tmp)))
+    return maps
+
+
+def control_grid(model: ControlledLDM, maps: list[torch.Tensor], conditions: list, n: int, seed: int = 0, scale: float = 1.0,
+                 negative: str | None = None, **options) -> torch.Tensor:
+    """Per control map (uint8 [1, H, W] each) a row: n samples of each condition (class labels or prompts),
+    from one seed per row. uint8 [len(maps), len(conditions) · n, C, H, W]."""
+    from vdcli.tasks.ldm import repeat
+
+    wanted = repeat(conditions, n)
+    rows = []
+    for hint in maps:
+        steered = model.steered(hint, scale)
+        neg = None if negative is None else [negative] * len(wanted)
+        samples, _ = generate(steered, wanted, generator=torch.Generator().manual_seed(seed), negative=neg, **options)
+        rows.append(samples)
+    return torch.stack(rows)
+
+
+def save_control_grid(samples: torch.Tensor, maps: list[torch.Tensor], names: list[str], per_row: int, out: Path) -> list[Path]:
+    """grid.png: per row the control map, then its samples; and every image under images/."""
+    out.mkdir(parents=True, exist_ok=True)
+    channels = samples.shape[2]
+    rows = torch.cat([torch.cat([m.expand(channels, -1, -1)[None], s]) for m, s in zip(maps, samples)])
+    picture = images.grid(rows, nrow=per_row + 1)
+    written = [images.save(images.with_row_labels(picture, [Path(x).name for x in names], picture.height // len(maps)),
+                           out / "grid.png")]
+    (out / "images").mkdir(exist_ok=True)
+    for r, row in enumerate(samples):
+        for i, image in enumerate(row):
+            images.save(images.to_pil(image), out / "images" / f"control{r}_{i}.png")
+    return written + [out / "images"]
+
+
+def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> ControlNetSummary:
+    path = base_checkpoint(recipe.base)
+    base_ckpt = load_checkpoint(path, "ldm")
+    base_meta = base_ckpt.meta
+    base = load_ldm(base_ckpt, device)
+    data_cfg = DataConfig(**base_meta["recipe"]["data"])
+    train_set = load_split(data_cfg, "train", data_root)
+    test_set = load_split(data_cfg, "test", data_root)
+    mean, logvar = cached_latents(base.vae, train_set, run, device)
+    hints = cached_controls(run, train_set.images, recipe.control)
+
+    with seeded_init(recipe.train.seed, "controlnet"):
+        net = build_controlnet(base.denoiser, base_meta)  # a copy of the base's encoder; the new layers start at zero
+    base.denoiser.requires_grad_(False)
+    schedule, cfg = base.schedule, recipe.train
+    conditioned = base.conditioning == "class"
+    drop_rate = base_meta["recipe"]["train"]["cond_drop_prob"]
+    gamma = base_meta["diffusion"].get("min_snr_gamma")
+
+    def loss_fn(model: nn.Module, batch):
+        mean, logvar, y, hint = batch
+        z = base.norm(mean + (0.5 * logvar).exp() * torch.randn_like(mean))
+        hint = hint.float() / 255.0  # (B, 1, H, W)
+        keep = (torch.rand(len(hint), device=hint.device) >= cfg.control_drop_prob).float()
+        hint = hint * keep[:, None, None, None]  # an empty map: what --control-scale scales away from
+        if conditioned:
+            drop = torch.rand(y.shape, device=y.device) < drop_rate
+            y = torch.where(drop, torch.full_like(y, base.null_class), y)
+        else:
+            y = None
+
+        def model_fn(x, t):
+            return base.denoiser(x, t, y, control=model(x, t, hint, y))
+
+        return diffusion_loss(model_fn, z, schedule, gamma), {}
+
+    shown = torch.arange(4)  # the first test images' maps, one row each
+    shown_maps = list(control_maps(test_set.images[shown], recipe.control))
+    shown_labels = [int(test_set.labels[i]) if conditioned else base.null_class for i in shown]
+    defaults = base.defaults
+
+    def evaluate(model: nn.Module, step: int) -> dict:
+        t0 = time.perf_counter()
+        controlled = ControlledLDM(base, model, recipe.control, base_meta["data"]["image_size"])
+        rows = [control_grid(controlled, [m], [label], 8, sampler=defaults.sampler, steps=defaults.steps, eta=defaults.eta,
+                             guidance=defaults.guidance if conditioned else 1.0)[0] for m, label in zip(shown_maps, shown_labels)]
+        channels = rows[0].shape[1]
+        picture = images.grid(torch.cat([torch.cat([m.expand(channels, -1, -1)[None], r]) for m, r in zip(shown_maps, rows)]), nrow=9)
+        names = [f"{recipe.control} of {base.classes[int(test_set.labels[i])]}" for i in shown]
+        images.save(images.with_row_labels(picture, names, picture.height // len(names)), run.dir / f"samples_{step:06d}.png")
+        return {"sample_seconds": time.perf_counter() - t0}
+
+    meta = {"base": base_meta, "control": recipe.control, "data": base_meta["data"], "recipe": recipe.model_dump(mode="json"),
+            "base_path": str(path)}
+    result = fit(net, loss_fn, (mean, logvar, train_set.labels, hints), cfg, run, kind="controlnet", meta=meta,
+                 device=device, seed=cfg.seed, evaluate=evaluate, extra={"base": base_ckpt.tensors}, resume=resume, quiet=quiet)
+    grids = sorted(run.dir.glob("samples_*.png"))
+    return ControlNetSummary(run, result.loss, result.step, result.seconds, [run.checkpoint, run.dir / "loss.png", *grids[-1:]])
