@@ -98,11 +98,13 @@ def main() -> None:
                        "floor (base model)": round(score_b.mean().item(), 4), "ceiling (VAE round trip)": round(ceiling.mean().item(), 4)}
     row["agreement"] = {"base model": round(agree_b.mean().item(), 4), "controlled, own class": round(agree_c[:K].mean().item(), 4),
                         "controlled, other class (conflict)": round(agree_c[K:].mean().item(), 4)}
-    by_scale = {}
+    by_scale, agree_by_scale = {}, {}
     for scale in (0.0, 0.25, 0.5, 0.75, 1.0):
         made = controlled[:K] if scale == 1.0 else base[:K] if scale == 0.0 else run(own, maps, scale)
         by_scale[str(scale)] = round(fidelity(kind, control_maps(made, kind), maps).mean().item(), 4)
+        agree_by_scale[str(scale)] = round((judge(judge_net, made)[0].argmax(1) == own).float().mean().item(), 4)
     row["fidelity_by_scale"] = by_scale
+    row["agreement_by_scale"] = agree_by_scale
     row["seconds"] = round(time.perf_counter() - t0, 1)
     row["date"] = time.strftime("%Y-%m-%d %H:%M")
 
@@ -114,7 +116,10 @@ def main() -> None:
         rows.append(torch.cat([maps[k : k + 1].expand(-1, made.shape[1], -1, -1), made]))
     picture = images.grid(torch.cat(rows), nrow=11)
     names = [f"{kind} of a {int(own[k])}" for k in range(shown)]
-    images.save(images.with_row_labels(picture, names, picture.height // shown), HERE / "controlnet_grid.png")
+    labelled = images.with_row_labels(picture, names, picture.height // shown)
+    labelled = images.with_column_labels(labelled, ["the map"] + [f"asked: {d}" for d in range(10)], picture.width // 11,
+                                         left=labelled.width - picture.width)
+    images.save(labelled, HERE / "controlnet_grid.png")
     print(json.dumps(row, indent=2))
     with open(HERE / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")

@@ -36,7 +36,7 @@ HERE = Path(os.path.relpath(Path(__file__).parent))
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PHRASINGS = {"word": "{word}", "numeral": "{digit}", "the digit": "the digit {word}"}
 # (word that should give more, word that should give less, the measurement that tells)
-PAIRS = [("bold", "thin", "thickness"), ("leaning right", "leaning left", "slant"), ("large", "small", "height")]
+PAIRS = [("bold", "thin", "thickness"), ("leaning right", "leaning left", "slant"), ("large", "small", "size")]  # what the captions measured
 
 
 def draw(ldm, prompts: list[str], seed: int, batch: int = 250) -> torch.Tensor:

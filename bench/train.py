@@ -6,12 +6,13 @@
 
 Runs the real command (`vd train-<kind> RECIPE --out bench/runs`), measures its wall time,
 reads the figures from the checkpoint it wrote, and appends one JSON line to
-bench/results.jsonl with the command, the machine and the figures. RESULTS.md quotes them.
+bench/results.jsonl with the command, the machine, the figures and the command's peak memory (RSS). RESULTS.md quotes them.
 """
 
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ def main(kind: str, recipe: str, *extra: str) -> None:
         "wall_seconds": round(seconds, 1),
         "metrics": ckpt.meta.get("metrics", {}),
         "step": ckpt.meta["step"],
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),  # Linux: KiB
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

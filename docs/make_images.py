@@ -1,6 +1,6 @@
 """Regenerate the README's pictures from trained runs, with the same commands a reader would type.
 
-    VD_DATA_ROOT=../shared/datasets python docs/make_images.py [--ldm bench/runs/mnist_latent/latest] [--vit RUN] [--text RUN]
+    VD_DATA_ROOT=../shared/datasets python docs/make_images.py [--ldm bench/runs/mnist_latent/latest] [--vit RUN] [--text RUN] [--controlnet RUN]
 
 Each picture is written by a `vd` command into a scratch folder and copied into docs/. Pictures
 whose run is not given (the ViT's attention map and confusion matrix need `--vit`) are left as
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--ldm", default="bench/runs/mnist_latent/latest")
     parser.add_argument("--vit", default=None)
     parser.add_argument("--text", default=None, help="a text LDM run (recipes/mnist_text.yaml)")
+    parser.add_argument("--controlnet", default=None, help="a ControlNet run (recipes/mnist_controlnet.yaml)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="vd-docs-"))
 
@@ -59,6 +60,13 @@ def main() -> None:
         shutil.copy(next((scratch / "words").glob("*.png")), DOCS / "prompt_attention.png")
     else:
         print("no --text run: docs/text_samples.png and docs/prompt_attention.png left as they are")
+
+    if args.controlnet:
+        vd("sample", "--controlnet", args.controlnet, "--control", "mnist:test:0", "--control", "mnist:test:2",
+           "--control", "mnist:test:3", "--class", "all", "--n", "1", "--out", str(scratch / "control"))
+        shutil.copy(scratch / "control" / "grid.png", DOCS / "controlnet.png")
+    else:
+        print("no --controlnet run: docs/controlnet.png left as it is")
 
     if args.vit:
         vd("attn-map", "mnist:test:42", "--mode", "both", "--checkpoint", args.vit, "--out", str(scratch / "attn"))

@@ -109,6 +109,8 @@ def test_train_ldm_draws_its_forward_process_then_sample_remakes_an_image(tmp_pa
     assert (run / "forward_process.png").is_file() and (run / "schedule.png").is_file()
     out = ok("diffuse", "synthetic:test:0", "--checkpoint", run, "--out", tmp_path / "d")
     assert "in pixels and in latents" in out
+    out = ok("interpolate", "synthetic:test:0", "synthetic:test:1", "--frames", 3, "--steps", 3, "--out", tmp_path / "w")
+    assert "latest ldm run" in out and "inversions" in out  # with an LDM run, its path is the default
 
     out = ok("sample", "--init", "synthetic:test:0", "--class", "disk", "--strength", "0,0.5,1", "--n", 2,
              "--steps", 4, "--out", tmp_path / "s")

@@ -48,7 +48,14 @@ class Checkpoint:
 
 
 def atomic_write(path: Path, write) -> None:
-    """write(tmp_path), fsync, then rename over ``path``: readers see the old file or the new one."""
+    """write(tmp_path), fsync, then rename over ``path``: readers see the old file or the new one.
+
+    Every file vd writes goes through here; under torchrun only rank 0 writes (``distributed``).
+    """
+    from vdcli import distributed
+
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -99,6 +106,10 @@ def state_path(path: Path, previous: bool = False) -> Path:
 def save_resumable(path: Path, kind: str, modules: dict[str, torch.nn.Module | dict], meta: dict,
                    optimizer: torch.optim.Optimizer, step: int) -> None:
     """Weights and optimizer state of one step, in an order that survives a kill at any point."""
+    from vdcli import distributed
+
+    if not distributed.is_main():
+        return
     if state_path(path).is_file():
         os.replace(state_path(path), state_path(path, previous=True))
     save_train_state(path, optimizer, step)

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vdcli import distributed
 from vdcli.checkpoint import load_checkpoint, load_train_state, save_resumable
 from vdcli.device import autocast
 from vdcli.errors import VdError
@@ -171,6 +172,14 @@ def fit(
     """
     use_deterministic_algorithms(cfg.deterministic)
     model.to(device)
+    rank, world = distributed.rank(), distributed.world_size()
+    net = model  # what loss_fn calls: under torchrun, the DDP wrapper that averages gradients over the ranks
+    if world > 1:
+        if cfg.batch_size % world:
+            raise VdError(f"train.batch_size {cfg.batch_size} is the global batch and does not split evenly over {world} processes; "
+                          f"use a multiple of {world}")
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        quiet = quiet or rank > 0
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -201,18 +210,19 @@ def fit(
         save_resumable(run.checkpoint, kind, modules, {**meta, "metrics": metrics}, optimizer, step)
 
     t0 = time.perf_counter()
-    with stop, Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, open(run.metrics, "a") as log:
+    with stop, Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
+            open(run.metrics if rank == 0 else os.devnull, "a") as log:
         step = start
         for step in range(start + 1, cfg.steps + 1):  # step = number of optimizer updates done after this one
-            torch.manual_seed(seed * 1_000_003 + step)
-            rows = order(step - 1)
+            torch.manual_seed(seed * 1_000_003 + step + rank * 1_000_000_007)  # rank 0 draws what one process draws
+            rows = order(step - 1)[rank::world]  # this rank's share of the global batch
             batch = tuple(t[rows].to(device, non_blocking=True) for t in data)
             lr = lr_at(step - 1, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
             with autocast(device):
-                loss, logs = loss_fn(model, batch)
+                loss, logs = loss_fn(net, batch)
             if not torch.isfinite(loss):
                 raise VdError(f"the loss became {loss.item()} at step {step}; lower train.lr (now {cfg.lr:g}) or raise train.warmup_steps")
             optimizer.zero_grad(set_to_none=True)
@@ -222,12 +232,12 @@ def fit(
             optimizer.step()
             if ema:
                 ema.update(model, step)
-            loss_value = loss.item()
-            report.update(step, items=len(rows), loss=loss_value)
+            loss_value = distributed.mean(loss).item()  # the whole batch's loss, on every rank
+            report.update(step, items=len(rows) * world, loss=loss_value)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **logs}) + "\n")
                 log.flush()
-            if evaluate and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if evaluate and rank == 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
                 eval_model = ema.model if ema else model
                 eval_model.eval()
                 with torch.no_grad(), autocast(device):
@@ -237,10 +247,14 @@ def fit(
                 report.print(f"step {step}: {format_metrics(metrics)}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
-            if stop.requested and step < cfg.steps:  # at the last step the run is complete anyway
+            stopping = stop.requested if world == 1 else bool(distributed.mean(torch.tensor(float(stop.requested), device=device)) > 0)
+            if stopping and step < cfg.steps:  # at the last step the run is complete anyway; every rank stops together
                 save(step)
+                distributed.barrier()
                 raise TrainingInterrupted(f"interrupted at step {step}/{cfg.steps}; saved {run.checkpoint}")
-    loss_curve(run.metrics, run.dir / "loss.png")
+    if rank == 0:
+        loss_curve(run.metrics, run.dir / "loss.png")
+    distributed.barrier()  # the checkpoint is on disk before any rank reads it back
     final = (ema.model if ema else model).eval()
     return TrainResult(run, final, step, time.perf_counter() - t0, loss_value, metrics)
 

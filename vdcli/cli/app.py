@@ -96,14 +96,21 @@ def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes
     from vdcli.recipe import load_recipe, recipe_to_yaml
     from vdcli.runs import last_run, new_run
 
+    from vdcli import distributed
+    from vdcli.runs import Run
+
     overrides = list(sets or []) + ([f"train.seed={seed}"] if seed is not None else [])
     if resume:
         run = last_run(out, recipe.stem)
         validated = load_recipe(run.recipe, kind, overrides, notes)
     else:
         validated = load_recipe(recipe, kind, overrides, notes)
-        run = new_run(out, recipe.stem)
-    run.recipe.write_text(recipe_to_yaml(validated))
+        run = new_run(out, recipe.stem) if distributed.is_main() else None
+    if distributed.world_size() > 1:  # one run folder, made by rank 0
+        folder = distributed.broadcast(str(run.dir) if run is not None else None)
+        run = run if distributed.is_main() else Run(Path(folder))
+    if distributed.is_main():
+        run.recipe.write_text(recipe_to_yaml(validated))
     return validated, run
 
 
@@ -125,9 +132,12 @@ def train_command(kind: str, name: str, doc: str):
         ) -> None:
             import importlib
 
+            from vdcli import distributed
+
             check_out(out)
             check_data_root(data_root)
-            where = check_device(device)
+            where = distributed.setup(check_device(device))  # under torchrun: join the group, one GPU per process
+            quiet = quiet or not distributed.is_main()
             task = importlib.import_module(f"vdcli.tasks.{kind}")
             notes: list[str] = []
             validated, run = _prepare(kind, recipe, set_, seed, resume, out, notes)
@@ -136,9 +146,11 @@ def train_command(kind: str, name: str, doc: str):
             try:
                 summary = task.train(validated, run, device=where, data_root=data_root, resume=resume, quiet=quiet)
             except VdError:
-                run.discard()  # refused before it saved anything (data not found, unusable VAE ...): leave no trace
+                if distributed.is_main():
+                    run.discard()  # refused before it saved anything (data not found, unusable VAE ...): leave no trace
                 raise
-            report(summary)
+            if distributed.is_main():
+                report(summary)
 
         train.__doc__ = doc
         train.__name__ = f"{kind}_train"

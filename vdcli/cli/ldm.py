@@ -99,6 +99,9 @@ def sample_cmd(
     sampler = sampler or model.defaults.sampler
     steps = steps or (model.schedule.T if sampler == "ddpm" else model.defaults.steps)
     check_steps(steps, model.schedule.T)
+    if init is not None and class_ is None and not prompt and model.conditioning != "none":
+        raise VdError(f"--init {init}: say what to make of it, e.g. --class 3" + (" or --prompt 'a bold three'" if model.conditioning == "text" else "")
+                      + " (--class none: the unconditional model)")
     classes, names, w = tasks.condition(model, class_, guidance, single=init is not None, prompts=prompt, negative=negative_prompt)
     if eta is not None and sampler != "ddim":
         raise VdError(f"--eta {eta:g}: only the ddim sampler takes eta ({sampler} is {'stochastic' if sampler == 'ddpm' else 'deterministic'} by construction)")

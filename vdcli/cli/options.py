@@ -51,7 +51,8 @@ def check_choice(value: str | None, option: str, choices) -> str | None:
     """One of ``choices``; a miss names the nearest."""
     if value is None or value in choices:
         return value
-    close = difflib.get_close_matches(value, list(choices), n=1)
+    starts = [c for c in choices if c.startswith(value.strip().lower())] if value.strip() else []
+    close = starts[:1] or difflib.get_close_matches(value, list(choices), n=1)  # 'dpm' is dpmpp-2m, not ddpm
     hint = f"; did you mean {close[0]}?" if close else ""
     raise VdError(f"{option} {_shown(value)}: expected {', '.join(choices[:-1])} or {choices[-1]}{hint}")
 

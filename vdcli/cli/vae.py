@@ -29,7 +29,7 @@ def _report_vae(summary) -> None:
 def interpolate_cmd(
     a: Annotated[str, typer.Argument(help="First image: a file or a dataset reference such as mnist:test:3.")],
     b: Annotated[str, typer.Argument(help="Second image.")],
-    checkpoint: Annotated[Optional[str], typer.Option(help="A VAE, or an LDM to walk through its noise space via DDIM inversion (default: the newest VAE run).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="An LDM, to walk through its noise space via DDIM inversion (the default when there is an LDM run: its middle frames stay digits most often, bench/RESULTS.md), or a VAE, to walk through its latent space (default without an LDM run: the newest VAE run).")] = None,
     frames: Annotated[int, typer.Option(help="Frames from A to B, both included.", min=2)] = 10,
     mode: Annotated[str, typer.Option(help="VAE latent path: slerp or lerp (an LDM's noises are always slerped).")] = "slerp",
     steps: Annotated[int, typer.Option(help="LDM only: DDIM steps for inversion and decoding.", min=1)] = 50,
@@ -43,8 +43,10 @@ def interpolate_cmd(
     Example: [bold]vd interpolate mnist:test:3 mnist:test:2 --frames 12[/]
 
     Writes interpolation.png (row 1: the pixel blend; row 2: the decoded latent path) and
-    interpolation.gif (both, animated side by side). With an LDM checkpoint the latent path runs
-    through noise: DDIM inversion of both images, slerp, DDIM decoding.
+    interpolation.gif (both, animated side by side). With an LDM checkpoint (the default when
+    there is an LDM run) the latent path runs through noise: DDIM inversion of both images,
+    slerp, DDIM decoding; on 40 pairs of test digits its middle frames are confident digits 77%
+    of the time, against 62% for the VAE's latent path and 51% for the pixel blend.
     """
     from vdcli.checkpoint import KINDS, load_checkpoint
     from vdcli.data import load_input
@@ -58,7 +60,13 @@ def interpolate_cmd(
     check_out(out)
     check_data_root(data_root)
     where = check_device(device)
-    path, found = find_checkpoint(checkpoint, "vae")
+    if checkpoint is None:  # the path that keeps digits best, when the runs have what it needs
+        try:
+            path, found = find_checkpoint(None, "ldm")
+        except VdError:
+            path, found = find_checkpoint(None, "vae")
+    else:
+        path, found = find_checkpoint(checkpoint, "vae")
     ckpt = load_checkpoint(path)
     if ckpt.kind not in ("vae", "ldm"):
         raise VdError(f"{path} is {KINDS[ckpt.kind]}, but this command needs {KINDS['vae']} or {KINDS['ldm']}")

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vdcli import images
+from vdcli import distributed, images
 from vdcli.captions import Captioner, dataset_texts
 from vdcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vdcli.data import ImageSet, data_spec, load_split, to_float
@@ -297,4 +297,5 @@ def train_stage(recipe: CLIPRecipe, train_set: ImageSet, test_set: ImageSet, run
              show_map(model, tokenizer, test_captioner, test_set, device, run.dir / "clip_map.png"), run.dir / "loss.png"]
     if not quiet:
         console.print(f"CLIP: zero-shot test accuracy {metrics['zero_shot_acc']:.2%}", soft_wrap=True)
+    distributed.barrier()  # under torchrun: rank 0's finished checkpoint is on disk before the next stage reads it
     return CLIPSummary(run, metrics, result.step, train_seconds, files)

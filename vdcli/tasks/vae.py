@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vdcli import images
+from vdcli import distributed, images
 from vdcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vdcli.data import ImageSet, data_spec, load_split, to_float, to_uint8
 from vdcli.diffusion import slerp
@@ -111,6 +111,7 @@ def train_stage(model_cfg, train_cfg, meta, train_set, test_set, run, *, device,
     files = [run.checkpoint, show_reconstructions(vae, test_set, device, run.dir / "reconstructions.png"),
              show_samples(vae, scale, device, run.dir / "samples.png", train_cfg.seed), latent_map(vae, test_set, run.dir / "latent_map.png"),
              run.dir / "loss.png"]
+    distributed.barrier()  # under torchrun: rank 0's finished checkpoint is on disk before the next stage reads it
     return VAESummary(run, mse, psnr, scale, result.step, result.seconds, files)
 
 

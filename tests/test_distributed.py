@@ -1,0 +1,43 @@
+"""Data parallel training: two CPU processes under torchrun (gloo) train as one process does."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_cli import TINY_LDM, TINY_VIT, ok, recipe
+
+
+def torchrun(*args, procs: int = 2) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+               "-m", "vdcli", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_two_processes_log_the_losses_of_one_process_at_the_same_global_batch(tmp_path):
+    ok("train-vit", recipe(tmp_path, "one"), *TINY_VIT, "--out", tmp_path / "single", "--quiet", "--device", "cpu")
+    torchrun("train-vit", recipe(tmp_path, "one"), *TINY_VIT, "--out", tmp_path / "ddp", "--device", "cpu")
+    single, ddp = losses(tmp_path / "single" / "one" / "latest"), losses(tmp_path / "ddp" / "one" / "latest")
+    assert len(single) == len(ddp) >= 3
+    # Each rank trains on half of the same global batch and DDP averages the gradients: the same updates,
+    # up to the order of float additions.
+    for a, b in zip(single, ddp):
+        assert abs(a - b) <= 1e-4 * abs(a), (single, ddp)
+
+
+def test_only_rank_zero_writes_one_run_folder_and_one_checkpoint(tmp_path):
+    out = torchrun("train-ldm", recipe(tmp_path, "l", "ldm"), *TINY_LDM, "--out", tmp_path / "runs", "--device", "cpu")
+    assert out.stdout.count("denoiser trained") == 1  # one summary, from rank 0
+    runs = [p for p in (tmp_path / "runs" / "l").iterdir() if not p.is_symlink()]
+    assert len(runs) == 1
+    assert sorted(p.name for p in runs[0].rglob("checkpoint.safetensors")) == ["checkpoint.safetensors"] * 2  # denoiser, VAE stage
+    ok("sample", "--checkpoint", runs[0], "--n", 1, "--steps", 2, "--out", tmp_path / "s")
