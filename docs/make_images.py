@@ -21,6 +21,24 @@ def vd(*args: str) -> None:
     subprocess.run(["vd", *args, "--device", "cpu"] if args[0] != "patchify" else ["vd", *args], check=True)
 
 
+def latent_map(ldm_run: str, out: Path) -> None:
+    """The LDM's VAE's latent map, as train-vae writes it (tasks.diffuse.latent_map), on the MNIST test set."""
+    import torch
+
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.data import load_split
+    from vdcli.recipe import DataConfig
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.diffuse import latent_map as draw
+    from vdcli.tasks.ldm import load_ldm
+
+    ckpt = load_checkpoint(find_checkpoint(ldm_run, "ldm")[0], "ldm")
+    ldm = load_ldm(ckpt, torch.device("cpu"))
+    test = load_split(DataConfig(**ckpt.meta["recipe"]["data"]), "test")
+    print(f"latent map of {ldm_run}'s VAE -> {out}", flush=True)
+    draw(ldm.vae, test, out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", default="bench/runs/mnist_latent/latest")
@@ -48,9 +66,7 @@ def main() -> None:
     vd("diffuse", "mnist:test:0", "--checkpoint", args.ldm, "--out", str(scratch / "diffuse"))
     shutil.copy(scratch / "diffuse" / "forward_process.png", DOCS / "forward_process.png")
     shutil.copy(scratch / "diffuse" / "schedule.png", DOCS / "schedule.png")
-    vae_run = Path(args.ldm).resolve() / "vae"
-    if (vae_run / "latent_map.png").is_file():  # drawn by the VAE stage of train-ldm
-        shutil.copy(vae_run / "latent_map.png", DOCS / "latent_map.png")
+    latent_map(args.ldm, DOCS / "latent_map.png")  # what train-vae draws, for the LDM's own VAE
     if args.text:
         vd("sample", "--checkpoint", args.text, "--prompt", "a bold seven", "--prompt", "a thin seven",
            "--prompt", "a 2 leaning left", "--prompt", "a 2 leaning right", "--prompt", "a small eight",

@@ -8,28 +8,6 @@ import typer
 
 from vdcli.cli.app import command, duration, say, train_command
 from vdcli.cli.options import DataRoot, check_choice, check_data_root, check_input, check_out
-from vdcli.errors import VdError
-
-ControlNetRun = Annotated[Optional[str], typer.Option("--controlnet", help="A ControlNet run or checkpoint (vd train-controlnet); it carries its base LDM, so leave --checkpoint out.")]
-ControlMap = Annotated[Optional[list[str]], typer.Option("--control", help="With --controlnet: a control map PNG (used as drawn), or an image to compute it from (a dataset reference such as mnist:test:7, or any file with --control-type); repeat for one row each.")]
-ControlType = Annotated[Optional[str], typer.Option("--control-type", help="Compute the map from --control with edges, scribble or depth (default for dataset references: the ControlNet's own type).")]
-ControlScale = Annotated[float, typer.Option("--control-scale", help="How strongly the map steers: 0 is the base model, 1 the trained control.", min=0.0)]
-
-
-def check_control(controlnet: str | None, control: list[str] | None, control_type: str | None, checkpoint: str | None) -> None:
-    """The control options, before anything is loaded."""
-    from vdcli.controls import CONTROLS
-
-    check_input(controlnet, "--controlnet")
-    for c in control or []:
-        check_input(c, "--control")
-    check_choice(control_type, "--control-type", CONTROLS)
-    if controlnet is None and (control or control_type):
-        raise VdError(f"{'--control' if control else '--control-type'}: a control map needs a ControlNet; give --controlnet RUN")
-    if controlnet is not None and not control:
-        raise VdError("--controlnet: give the control map with --control MAP.png (or an image, e.g. --control mnist:test:7)")
-    if controlnet is not None and checkpoint is not None:
-        raise VdError(f"--checkpoint {checkpoint} and --controlnet: the ControlNet carries its base LDM; leave --checkpoint out")
 
 
 def load_control_maps(model, control: list[str], control_type: str | None, data_root) -> list:

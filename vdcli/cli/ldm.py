@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from vdcli.cli.app import command, duration, say, train_command
-from vdcli.cli.control import ControlMap, ControlNetRun, ControlScale, ControlType, check_control, load_control_maps, steer
-from vdcli.cli.options import DataRoot, Device, check_choice, check_data_root, check_device, check_fractions, check_input, check_items, check_out, check_steps
+from vdcli.cli.options import (ControlMap, ControlNetRun, ControlScale, ControlType, DataRoot, Device, check_choice, check_control,
+                               check_data_root, check_device, check_fractions, check_input, check_items, check_out, check_steps)
 from vdcli.errors import VdError
 
 
@@ -25,7 +25,8 @@ def _report_ldm(summary) -> None:
     say(
         f"[bold]denoiser trained: {summary.steps} steps in {duration(summary.seconds)}, final loss {summary.loss:.4f}[/] ({summary.vae_note})",
         f"wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
-        f"next: vd sample --checkpoint {summary.run.dir} --class all",
+        f"next: vd sample --checkpoint {summary.run.dir} "
+        + {"class": "--class all", "none": "--n 16", "text": "--prompt 'a bold seven' --prompt 'a thin 2'"}[summary.conditioning],
     )
 
 
@@ -89,6 +90,8 @@ def sample_cmd(
     where = check_device(device)
     controlled = None
     if controlnet is not None:
+        from vdcli.cli.control import load_control_maps, steer
+
         ckpt, controlled, found = steer(controlnet, where)
         maps = load_control_maps(controlled, control, control_type, data_root)
         model = controlled.steered(maps[0], control_scale)
@@ -128,7 +131,7 @@ def sample_cmd(
         samples = control_grid(controlled, maps, classes, n, seed=seed, scale=control_scale, sampler=sampler, steps=steps,
                                eta=eta, guidance=w, negative=negative_prompt)
         seconds = time.perf_counter() - t0
-        written = save_control_grid(samples, maps, control, len(classes) * n, out)
+        written = save_control_grid(samples, maps, control, [name for name in names for _ in range(n)], out)
         say(f"using {found}",
             f"[bold]{len(maps)} control maps x {len(classes) * n} images[/] ({', '.join(names)}; {controlled.control}, "
             f"scale {control_scale:g}; {how}) in {duration(seconds)}",
@@ -208,6 +211,8 @@ def inpaint_cmd(
     check_data_root(data_root)
     where = check_device(device)
     if controlnet is not None:
+        from vdcli.cli.control import load_control_maps, steer
+
         ckpt, controlled, found = steer(controlnet, where)
         model = controlled.steered(load_control_maps(controlled, control, control_type, data_root)[0], control_scale)
     else:

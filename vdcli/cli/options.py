@@ -18,6 +18,12 @@ RunsDir = Annotated[Path, typer.Option("--out", help="Folder that holds the runs
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the newest run of this recipe from its last checkpoint.")]
 
 
+# ControlNet's options, shared by sample and inpaint
+ControlNetRun = Annotated[Optional[str], typer.Option("--controlnet", help="A ControlNet run or checkpoint (vd train-controlnet); it carries its base LDM, so leave --checkpoint out.")]
+ControlMap = Annotated[Optional[list[str]], typer.Option("--control", help="With --controlnet: a control map PNG (used as drawn), or an image to compute it from (a dataset reference such as mnist:test:7, or any file with --control-type); repeat for one row each.")]
+ControlType = Annotated[Optional[str], typer.Option("--control-type", help="Compute the map from --control with edges, scribble or depth (default for dataset references: the ControlNet's own type).")]
+ControlScale = Annotated[float, typer.Option("--control-scale", help="How strongly the map steers: 0 is the base model, 1 the trained control.", min=0.0)]
+
 
 # --- checks every command runs on its options before it loads anything heavy -----------------
 # Each raises VdError, one line that names the option and the value, which the CLI prints
@@ -110,3 +116,19 @@ def check_fractions(value: str | None, option: str, example: str) -> list[float]
         if not 0.0 <= x <= 1.0:
             raise VdError(f"{option} {value}: {x:g} is outside 0..1 (0 keeps the input, 1 is pure noise)")
     return numbers
+
+
+def check_control(controlnet: str | None, control: list[str] | None, control_type: str | None, checkpoint: str | None) -> None:
+    """The control options, before anything is loaded."""
+    from vdcli.controls import CONTROLS
+
+    check_input(controlnet, "--controlnet")
+    for c in control or []:
+        check_input(c, "--control")
+    check_choice(control_type, "--control-type", CONTROLS)
+    if controlnet is None and (control or control_type):
+        raise VdError(f"{'--control' if control else '--control-type'}: a control map needs a ControlNet; give --controlnet RUN")
+    if controlnet is not None and not control:
+        raise VdError("--controlnet: give the control map with --control MAP.png (or an image, e.g. --control mnist:test:7)")
+    if controlnet is not None and checkpoint is not None:
+        raise VdError(f"--checkpoint {checkpoint} and --controlnet: the ControlNet carries its base LDM; leave --checkpoint out")

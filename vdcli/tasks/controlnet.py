@@ -121,14 +121,17 @@ def control_grid(model: ControlledLDM, maps: list[torch.Tensor], conditions: lis
     return torch.stack(rows)
 
 
-def save_control_grid(samples: torch.Tensor, maps: list[torch.Tensor], names: list[str], per_row: int, out: Path) -> list[Path]:
-    """grid.png: per row the control map, then its samples; and every image under images/."""
+def save_control_grid(samples: torch.Tensor, maps: list[torch.Tensor], names: list[str], columns: list[str], out: Path) -> list[Path]:
+    """grid.png: per row (named by ``names``) the control map, then its samples (named by ``columns``);
+    and every image under images/."""
     out.mkdir(parents=True, exist_ok=True)
-    channels = samples.shape[2]
+    channels, per_row = samples.shape[2], samples.shape[1]
     rows = torch.cat([torch.cat([m.expand(channels, -1, -1)[None], s]) for m, s in zip(maps, samples)])
     picture = images.grid(rows, nrow=per_row + 1)
-    written = [images.save(images.with_row_labels(picture, [Path(x).name for x in names], picture.height // len(maps)),
-                           out / "grid.png")]
+    labelled = images.with_row_labels(picture, [Path(x).name for x in names], picture.height // len(maps))
+    labelled = images.with_column_labels(labelled, ["the map", *columns], picture.width // (per_row + 1),
+                                         left=labelled.width - picture.width)
+    written = [images.save(labelled, out / "grid.png")]
     (out / "images").mkdir(exist_ok=True)
     for r, row in enumerate(samples):
         for i, image in enumerate(row):

@@ -433,6 +433,7 @@ class LDMSummary:
     seconds: float
     vae_note: str
     files: list[Path]
+    conditioning: str = "class"
 
 
 def named_vae(recipe: LDMRecipe) -> Path | None:
@@ -650,4 +651,4 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
                  seed=cfg.seed, evaluate=evaluate, extra=extra, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
     files = [run.checkpoint, run.dir / "loss.png", *grids[-1:], *pictures]
-    return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files)
+    return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files, recipe.conditioning)
