@@ -107,3 +107,18 @@ def test_train_controlnet_keeps_the_base_frozen_and_steers_sampling(tmp_path):
     assert "filled" in out
     result = vd("sample", "--controlnet", run, "--checkpoint", "runs/base/latest", "--control", "synthetic:test:0")
     assert result.exit_code == 2 and "carries its base" in result.output
+
+
+def test_a_text_base_trains_a_controlnet_and_samples_a_row_per_map_a_column_per_prompt(tmp_path):
+    from test_text_ldm import TINY_TEXT
+
+    ok("train-ldm", recipe(tmp_path, "t", "ldm"), *TINY_LDM, *TINY_TEXT, "--quiet")
+    cn = tmp_path / "cnt.yaml"
+    cn.write_text("kind: controlnet\nbase: runs/t/latest\ncontrol: depth\n")
+    out = ok("train-controlnet", cn, "--set", "train.steps=4", "--set", "train.batch_size=16", "--set", "train.eval_every=4")
+    assert "ControlNet trained: 4 steps" in out
+    out = ok("sample", "--controlnet", "runs/cnt/latest", "--control", "synthetic:test:0", "--prompt", "a disk", "--prompt", "square",
+             "--n", 2, "--steps", 3, "--out", tmp_path / "s")
+    assert "1 control maps x 4 images" in out and "a disk, square" in out
+    result = vd("sample", "--controlnet", "runs/cnt/latest", "--control", "synthetic:test:0", "--class", "disk", "--prompt", "disk")
+    assert result.exit_code == 2

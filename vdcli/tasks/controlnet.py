@@ -4,8 +4,9 @@
 condition drop rate), computes the recipe's control map of every training image once
 (``controls.control_maps``, cached in ``<run>/controls.safetensors``), and trains
 ``models.controlnet.ControlNet`` through ``trainer.fit`` on the base's own loss: the base's
-prediction with the ControlNet's residuals added, against the same target. Labels are dropped to
-the null class at the base's rate and control maps to an empty map at ``control_drop_prob``.
+prediction with the ControlNet's residuals added, against the same target. The condition is
+dropped at the base's rate (labels to the null class; a text base's captions, drawn as it drew
+them, to the empty prompt) and control maps to an empty map at ``control_drop_prob``.
 
 The checkpoint (kind "controlnet") carries the whole base checkpoint under ``base.`` (its meta
 under meta["base"]), so ``vd sample --controlnet RUN`` needs nothing else.
@@ -47,8 +48,6 @@ def base_checkpoint(named: str) -> Path:
     meta = json.loads(header["meta"])
     if meta["model"]["arch"] != "unet":
         raise VdError(f"base {path} has a {meta['model']['arch']} denoiser; ControlNet copies a U-Net's encoder (train the base with model.arch: unet)")
-    if meta.get("conditioning", "class") == "text":
-        raise VdError(f"base {path} is a text model; ControlNet training on captions is not built yet: use a class or unconditional base")
     return path
 
 
@@ -154,9 +153,16 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
         net = build_controlnet(base.denoiser, base_meta)  # a copy of the base's encoder; the new layers start at zero
     base.denoiser.requires_grad_(False)
     schedule, cfg = base.schedule, recipe.train
-    conditioned = base.conditioning == "class"
+    conditioned = base.conditioning != "none"  # by class labels, or by captions
+    text_model = base.conditioning == "text"
     drop_rate = base_meta["recipe"]["train"]["cond_drop_prob"]
     gamma = base_meta["diffusion"].get("min_snr_gamma")
+    if text_model:  # the base's own captions of the training images, drawn anew each step
+        from vdcli.tasks.clip import caption_source
+        from vdcli.tasks.ldm import TextCache
+
+        captioner = caption_source(base_ckpt, data_cfg, train_set, data_root, prefix="clip")
+        texts = TextCache(base.text)
 
     def loss_fn(model: nn.Module, batch):
         mean, logvar, y, hint = batch
@@ -164,20 +170,30 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
         hint = hint.float() / 255.0  # (B, 1, H, W)
         keep = (torch.rand(len(hint), device=hint.device) >= cfg.control_drop_prob).float()
         hint = hint * keep[:, None, None, None]  # an empty map: what --control-scale scales away from
-        if conditioned:
+        text = {}
+        if text_model:  # y: the images' indices; as the base was trained, a tenth of the captions dropped to ""
+            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+            captions = [captioner.caption(int(i), g) for i in y.tolist()]
+            drop = (torch.rand(len(captions)) < drop_rate).tolist()
+            states, pooled, mask = (v.to(z.device) for v in texts(["" if d else c for c, d in zip(captions, drop)]))
+            text, y = {"context": states, "context_mask": mask, "pooled": pooled}, None
+        elif conditioned:
             drop = torch.rand(y.shape, device=y.device) < drop_rate
             y = torch.where(drop, torch.full_like(y, base.null_class), y)
         else:
             y = None
 
         def model_fn(x, t):
-            return base.denoiser(x, t, y, control=model(x, t, hint, y))
+            return base.denoiser(x, t, y, control=model(x, t, hint, y, **text), **text)
 
         return diffusion_loss(model_fn, z, schedule, gamma), {}
 
     shown = torch.arange(4)  # the first test images' maps, one row each
     shown_maps = list(control_maps(test_set.images[shown], recipe.control))
-    shown_labels = [int(test_set.labels[i]) if conditioned else base.null_class for i in shown]
+    if text_model:
+        shown_labels = [base.classes[int(test_set.labels[i])] for i in shown]  # the class name as the prompt
+    else:
+        shown_labels = [int(test_set.labels[i]) if conditioned else base.null_class for i in shown]
     defaults = base.defaults
 
     def evaluate(model: nn.Module, step: int) -> dict:
@@ -193,7 +209,8 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
 
     meta = {"base": base_meta, "control": recipe.control, "data": base_meta["data"], "recipe": recipe.model_dump(mode="json"),
             "base_path": str(path)}
-    result = fit(net, loss_fn, (mean, logvar, train_set.labels, hints), cfg, run, kind="controlnet", meta=meta,
+    labels = torch.arange(len(train_set)) if text_model else train_set.labels  # a text model's captions are found by index
+    result = fit(net, loss_fn, (mean, logvar, labels, hints), cfg, run, kind="controlnet", meta=meta,
                  device=device, seed=cfg.seed, evaluate=evaluate, extra={"base": base_ckpt.tensors}, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
     return ControlNetSummary(run, result.loss, result.step, result.seconds, [run.checkpoint, run.dir / "loss.png", *grids[-1:]])
