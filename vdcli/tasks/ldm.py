@@ -14,7 +14,6 @@ the starting noise and what to do after each step.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +23,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vdcli import images
-from vdcli.checkpoint import KINDS, Checkpoint, atomic_write, load_checkpoint, read_header
+from vdcli.checkpoint import Checkpoint, atomic_write
 from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
 from vdcli.errors import VdError
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, strength_start
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, LatentNorm
-from vdcli.progress import Reporter, console
-from vdcli.recipe import LDMRecipe, SampleConfig, denoiser_conflicts
-from vdcli.runs import Run, find_checkpoint
-from vdcli.tasks.vae import Interpolation, encode_all, load_vae, train_stage
+from vdcli.progress import Reporter
+from vdcli.recipe import LDMRecipe, SampleConfig
+from vdcli.runs import Run
+from vdcli.tasks.stages import first_stage, named_clip, named_vae, text_stage
+from vdcli.tasks.vae import Interpolation, encode_all, load_vae
 from vdcli.trainer import fit, seeded_init
 
 ARCHS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
@@ -434,95 +434,6 @@ class LDMSummary:
     vae_note: str
     files: list[Path]
     conditioning: str = "class"
-
-
-def named_vae(recipe: LDMRecipe) -> Path | None:
-    """The VAE checkpoint the recipe names (None: train one), checked from its header before any
-    work: it exists, it is a VAE, it was trained at the recipe's image size, and the denoiser fits
-    its latent grid. A typo here used to train a new VAE for minutes instead."""
-    found = _named_stage(recipe.vae.checkpoint, "vae", "the first stage")
-    if found is None:
-        return None
-    path, header = found
-    meta = json.loads(header["meta"])
-    size = meta["data"]["image_size"]
-    if size != recipe.data.image_size:
-        raise VdError(f"vae.checkpoint {path} was trained on {size}x{size} images, but data.image_size is "
-                      f"{recipe.data.image_size}; set data.image_size: {size}")
-    latent = size // meta["model"]["downsample"]
-    for _, problem in denoiser_conflicts(recipe.model, latent, f"of the VAE in {path}"):
-        raise VdError(problem)
-    return path
-
-
-def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
-    """The VAE checkpoint the recipe names, or one trained now from its vae: section."""
-    def say(line: str) -> None:
-        if not quiet:
-            console.print(line, soft_wrap=True)
-
-    named = named_vae(recipe)
-    if named:
-        return load_checkpoint(named, "vae"), f"VAE from {named}"
-    stage = Run(run.dir / "vae")
-    done = stage.checkpoint.is_file() and "scale_factor" in load_checkpoint(stage.checkpoint, "vae").meta
-    if not done:
-        say(f"stage 1/2: training the VAE first (the recipe names no VAE checkpoint) in {stage.dir}")
-        stage.dir.mkdir(parents=True, exist_ok=True)
-        vae_recipe = {"kind": "vae", "data": recipe.data.model_dump(mode="json"), "model": recipe.vae.model.model_dump(),
-                      "train": recipe.vae.train.model_dump()}
-        meta = {"model": recipe.vae.model.model_dump(), "data": data_spec(recipe.data, train_set), "recipe": vae_recipe}
-        summary = train_stage(recipe.vae.model, recipe.vae.train, meta, train_set, test_set, stage, device=device,
-                              resume=resume and stage.checkpoint.is_file(), quiet=quiet)
-        say(f"VAE: test PSNR {summary.psnr:.2f} dB, scale factor {summary.scale_factor:.4f}")
-        say("stage 2/2: training the denoiser on its latents")
-    return load_checkpoint(stage.checkpoint, "vae"), f"VAE trained in {stage.dir}"
-
-
-def named_clip(recipe: LDMRecipe) -> Path | None:
-    """The CLIP checkpoint the recipe names (None: train one), checked from its header before any work."""
-    found = _named_stage(recipe.clip.checkpoint, "clip", "the text stage")
-    return found and found[0]
-
-
-def _named_stage(named: str | None, kind: str, stage: str) -> tuple[Path, dict] | None:
-    """The checkpoint (and its header) that ``<kind>.checkpoint`` names, refused unless it is of ``kind``."""
-    if not named:
-        return None
-    if not Path(named).exists():
-        raise VdError(f"{kind}.checkpoint {named} not found; give {KINDS[kind]} checkpoint or run folder, "
-                      f"or {kind}.checkpoint: null to train one first")
-    path, _ = find_checkpoint(named, kind)
-    header = read_header(path)
-    if header.get("kind") != kind:
-        what = KINDS.get(header.get("kind"), "not a vd checkpoint")
-        raise VdError(f"{kind}.checkpoint {path} is {what}, but {stage} needs {KINDS[kind]}")
-    return path, header
-
-
-def text_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
-    """The CLIP checkpoint the recipe names, or one trained now from its clip: section (in <run>/clip/),
-    the way ``first_stage`` trains the VAE."""
-    from vdcli.tasks import clip
-
-    named = named_clip(recipe)
-    if named:
-        return load_checkpoint(named, "clip"), f"CLIP from {named}"
-    stage = Run(run.dir / "clip")
-    if not (stage.checkpoint.is_file() and load_checkpoint(stage.checkpoint, "clip").meta.get("done", True)):
-        if not quiet:
-            console.print(f"text stage: training CLIP first (the recipe names no CLIP checkpoint) in {stage.dir}", soft_wrap=True)
-        stage.dir.mkdir(parents=True, exist_ok=True)
-        clip.train_stage(clip_recipe(recipe), train_set, test_set, stage, device=device,
-                         resume=resume and stage.checkpoint.is_file(), quiet=quiet)
-    return load_checkpoint(stage.checkpoint, "clip"), f"CLIP trained in {stage.dir}"
-
-
-def clip_recipe(recipe: LDMRecipe):
-    """The CLIP recipe of a text LDM's text stage: its clip: section, on the LDM's data."""
-    from vdcli.recipe import CLIPRecipe
-
-    return CLIPRecipe(data=recipe.data, model=recipe.clip.model, train=recipe.clip.train)
 
 
 class TextCache:

@@ -1,0 +1,107 @@
+"""The stages a from-nothing LDM run trains before its denoiser: the VAE (``first_stage``) and, for
+a text model, the CLIP (``text_stage``). Each is the checkpoint the recipe names, checked from its
+header before any work (``named_vae``, ``named_clip``), or one trained now into ``<run>/vae/`` or
+``<run>/clip/`` from the recipe's section; a stage already finished there is reused on --resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vdcli.checkpoint import KINDS, Checkpoint, load_checkpoint, read_header
+from vdcli.data import data_spec
+from vdcli.errors import VdError
+from vdcli.progress import console
+from vdcli.recipe import LDMRecipe, denoiser_conflicts
+from vdcli.runs import Run, find_checkpoint
+from vdcli.tasks.vae import train_stage
+
+
+def named_vae(recipe: LDMRecipe) -> Path | None:
+    """The VAE checkpoint the recipe names (None: train one), checked from its header before any
+    work: it exists, it is a VAE, it was trained at the recipe's image size, and the denoiser fits
+    its latent grid. A typo here used to train a new VAE for minutes instead."""
+    found = _named_stage(recipe.vae.checkpoint, "vae", "the first stage")
+    if found is None:
+        return None
+    path, header = found
+    meta = json.loads(header["meta"])
+    size = meta["data"]["image_size"]
+    if size != recipe.data.image_size:
+        raise VdError(f"vae.checkpoint {path} was trained on {size}x{size} images, but data.image_size is "
+                      f"{recipe.data.image_size}; set data.image_size: {size}")
+    latent = size // meta["model"]["downsample"]
+    for _, problem in denoiser_conflicts(recipe.model, latent, f"of the VAE in {path}"):
+        raise VdError(problem)
+    return path
+
+
+def first_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
+    """The VAE checkpoint the recipe names, or one trained now from its vae: section."""
+    def say(line: str) -> None:
+        if not quiet:
+            console.print(line, soft_wrap=True)
+
+    named = named_vae(recipe)
+    if named:
+        return load_checkpoint(named, "vae"), f"VAE from {named}"
+    stage = Run(run.dir / "vae")
+    done = stage.checkpoint.is_file() and "scale_factor" in load_checkpoint(stage.checkpoint, "vae").meta
+    if not done:
+        say(f"stage 1/2: training the VAE first (the recipe names no VAE checkpoint) in {stage.dir}")
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        vae_recipe = {"kind": "vae", "data": recipe.data.model_dump(mode="json"), "model": recipe.vae.model.model_dump(),
+                      "train": recipe.vae.train.model_dump()}
+        meta = {"model": recipe.vae.model.model_dump(), "data": data_spec(recipe.data, train_set), "recipe": vae_recipe}
+        summary = train_stage(recipe.vae.model, recipe.vae.train, meta, train_set, test_set, stage, device=device,
+                              resume=resume and stage.checkpoint.is_file(), quiet=quiet)
+        say(f"VAE: test PSNR {summary.psnr:.2f} dB, scale factor {summary.scale_factor:.4f}")
+        say("stage 2/2: training the denoiser on its latents")
+    return load_checkpoint(stage.checkpoint, "vae"), f"VAE trained in {stage.dir}"
+
+
+def named_clip(recipe: LDMRecipe) -> Path | None:
+    """The CLIP checkpoint the recipe names (None: train one), checked from its header before any work."""
+    found = _named_stage(recipe.clip.checkpoint, "clip", "the text stage")
+    return found and found[0]
+
+
+def _named_stage(named: str | None, kind: str, stage: str) -> tuple[Path, dict] | None:
+    """The checkpoint (and its header) that ``<kind>.checkpoint`` names, refused unless it is of ``kind``."""
+    if not named:
+        return None
+    if not Path(named).exists():
+        raise VdError(f"{kind}.checkpoint {named} not found; give {KINDS[kind]} checkpoint or run folder, "
+                      f"or {kind}.checkpoint: null to train one first")
+    path, _ = find_checkpoint(named, kind)
+    header = read_header(path)
+    if header.get("kind") != kind:
+        what = KINDS.get(header.get("kind"), "not a vd checkpoint")
+        raise VdError(f"{kind}.checkpoint {path} is {what}, but {stage} needs {KINDS[kind]}")
+    return path, header
+
+
+def text_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
+    """The CLIP checkpoint the recipe names, or one trained now from its clip: section (in <run>/clip/),
+    the way ``first_stage`` trains the VAE."""
+    from vdcli.tasks import clip
+
+    named = named_clip(recipe)
+    if named:
+        return load_checkpoint(named, "clip"), f"CLIP from {named}"
+    stage = Run(run.dir / "clip")
+    if not (stage.checkpoint.is_file() and load_checkpoint(stage.checkpoint, "clip").meta.get("done", True)):
+        if not quiet:
+            console.print(f"text stage: training CLIP first (the recipe names no CLIP checkpoint) in {stage.dir}", soft_wrap=True)
+        stage.dir.mkdir(parents=True, exist_ok=True)
+        clip.train_stage(clip_recipe(recipe), train_set, test_set, stage, device=device,
+                         resume=resume and stage.checkpoint.is_file(), quiet=quiet)
+    return load_checkpoint(stage.checkpoint, "clip"), f"CLIP trained in {stage.dir}"
+
+
+def clip_recipe(recipe: LDMRecipe):
+    """The CLIP recipe of a text LDM's text stage: its clip: section, on the LDM's data."""
+    from vdcli.recipe import CLIPRecipe
+
+    return CLIPRecipe(data=recipe.data, model=recipe.clip.model, train=recipe.clip.train)
