@@ -175,6 +175,11 @@ def read_image(path: str | Path) -> torch.Tensor:
 _REF = re.compile(r"^(mnist|fashion-mnist|cifar10|synthetic):(train|test):(\d+)$")
 
 
+def is_reference(ref: str) -> bool:
+    """Whether ``ref`` is a dataset reference such as ``mnist:test:42`` rather than a file."""
+    return bool(_REF.match(ref)) and not Path(ref).exists()
+
+
 def load_input(ref: str, image_size: int | None, channels: int | None, root: str | Path | None = None) -> tuple[torch.Tensor, str]:
     """An image file or a dataset reference such as ``mnist:test:42``, fitted like training data.
 

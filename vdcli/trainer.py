@@ -232,7 +232,11 @@ def fit(
             optimizer.step()
             if ema:
                 ema.update(model, step)
-            loss_value = distributed.mean(loss).item()  # the whole batch's loss, on every rank
+            if world == 1:
+                loss_value, stopping = loss.item(), stop.requested
+            else:  # one collective a step: the whole batch's loss, and whether any rank was asked to stop
+                both = distributed.mean(torch.stack([loss.detach().float(), torch.tensor(float(stop.requested), device=loss.device)]))
+                loss_value, stopping = both[0].item(), bool(both[1] > 0)
             report.update(step, items=len(rows) * world, loss=loss_value)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **logs}) + "\n")
@@ -247,7 +251,6 @@ def fit(
                 report.print(f"step {step}: {format_metrics(metrics)}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
-            stopping = stop.requested if world == 1 else bool(distributed.mean(torch.tensor(float(stop.requested), device=device)) > 0)
             if stopping and step < cfg.steps:  # at the last step the run is complete anyway; every rank stops together
                 save(step)
                 distributed.barrier()

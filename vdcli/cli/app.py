@@ -93,11 +93,9 @@ def duration(seconds: float) -> str:
 
 
 def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes: list[str] | None = None):
-    from vdcli.recipe import load_recipe, recipe_to_yaml
-    from vdcli.runs import last_run, new_run
-
     from vdcli import distributed
-    from vdcli.runs import Run
+    from vdcli.recipe import load_recipe, recipe_to_yaml
+    from vdcli.runs import Run, last_run, new_run
 
     overrides = list(sets or []) + ([f"train.seed={seed}"] if seed is not None else [])
     if resume:

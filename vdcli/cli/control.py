@@ -13,12 +13,12 @@ from vdcli.cli.options import DataRoot, check_choice, check_data_root, check_inp
 def load_control_maps(model, control: list[str], control_type: str | None, data_root) -> list:
     """The control maps (uint8 [1, H, W] each) the --control options name, at the base's image size."""
     from vdcli.controls import control_map
-    from vdcli.data import load_input
+    from vdcli.data import is_reference, load_input
 
     maps = []
     for ref in control:
         image, _ = load_input(ref, model.image_size, None, data_root)
-        kind = control_type or (model.control if ":" in ref and not Path(ref).exists() else None)
+        kind = control_type or (model.control if is_reference(ref) else None)  # a dataset image is not a map
         maps.append(control_map(image, kind) if kind else image.float().mean(0, keepdim=True).round().byte())
     return maps
 
