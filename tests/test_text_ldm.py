@@ -104,7 +104,9 @@ def test_generate_takes_one_prompt_per_image():
 
 def test_text_cache_encodes_each_caption_once_and_pads_to_one_length():
     text = WordEncoder()
-    cache = tasks.TextCache(text)
+    from vdcli.tasks.stages import TextCache
+
+    cache = TextCache(text)
     states, pooled, mask = cache(["disk", "a ring", "disk"])
     assert states.shape == (3, 6, D) and pooled.shape == (3, D) and mask.shape == (3, 6)
     assert torch.equal(states[0], states[2]) and mask[1].sum() == 3

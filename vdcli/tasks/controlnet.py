@@ -33,7 +33,8 @@ from vdcli.models.controlnet import ControlNet, Controlled
 from vdcli.models.unet import UNet
 from vdcli.recipe import ControlNetRecipe, DataConfig
 from vdcli.runs import Run, find_checkpoint
-from vdcli.tasks.ldm import LDM, cached_latents, generate, load_ldm
+from vdcli.tasks.ldm import LDM, generate, load_ldm
+from vdcli.tasks.stages import cached_latents
 from vdcli.trainer import fit, seeded_init
 
 
@@ -159,7 +160,7 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
     gamma = base_meta["diffusion"].get("min_snr_gamma")
     if text_model:  # the base's own captions of the training images, drawn anew each step
         from vdcli.tasks.clip import caption_source
-        from vdcli.tasks.ldm import TextCache
+        from vdcli.tasks.stages import TextCache
 
         captioner = caption_source(base_ckpt, data_cfg, train_set, data_root, prefix="clip")
         texts = TextCache(base.text)

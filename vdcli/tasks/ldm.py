@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vdcli import images
-from vdcli.checkpoint import Checkpoint, atomic_write
+from vdcli.checkpoint import Checkpoint
 from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
 from vdcli.errors import VdError
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, strength_start
@@ -33,8 +32,8 @@ from vdcli.models.vae import AutoencoderKL, LatentNorm
 from vdcli.progress import Reporter
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run
-from vdcli.tasks.stages import first_stage, named_clip, named_vae, text_stage
-from vdcli.tasks.vae import Interpolation, encode_all, load_vae
+from vdcli.tasks.stages import TextCache, cached_latents, first_stage, named_clip, named_vae, text_stage
+from vdcli.tasks.vae import Interpolation, load_vae
 from vdcli.trainer import fit, seeded_init
 
 ARCHS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
@@ -434,42 +433,6 @@ class LDMSummary:
     vae_note: str
     files: list[Path]
     conditioning: str = "class"
-
-
-class TextCache:
-    """The frozen text encoder's (states, pooled, mask) per unique caption, computed once each.
-
-    Captions are drawn anew at every step from a few phrasings per image, so a run meets only a
-    few hundred distinct strings; each is encoded the first time it is seen.
-    """
-
-    def __init__(self, text):
-        self.text = text
-        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    @torch.no_grad()
-    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        new = sorted({c for c in captions if c not in self.rows})
-        if new:
-            states, pooled, mask = self.text.encode(new)  # (n, L, D), (n, D), (n, L)
-            pad = self.text.max_length - states.shape[1]  # one length for all, whatever the batch was padded to
-            states = torch.nn.functional.pad(states, (0, 0, 0, pad))
-            mask = torch.nn.functional.pad(mask, (0, pad), value=False)
-            for i, c in enumerate(new):
-                self.rows[c] = (states[i], pooled[i], mask[i])
-        states, pooled, mask = (torch.stack(parts) for parts in zip(*(self.rows[c] for c in captions)))
-        return states, pooled, mask  # (B, L, D), (B, D), (B, L)
-
-
-def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior (mean, logvar) of every training image, computed once per run."""
-    path = run.dir / "latents.safetensors"
-    if path.is_file():
-        cache = load_file(str(path))
-        return cache["mean"], cache["logvar"]
-    mean, logvar = encode_all(vae, train_set, device)
-    atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp)))
-    return mean, logvar
 
 
 def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> LDMSummary:

@@ -1,7 +1,8 @@
-"""The stages a from-nothing LDM run trains before its denoiser: the VAE (``first_stage``) and, for
-a text model, the CLIP (``text_stage``). Each is the checkpoint the recipe names, checked from its
-header before any work (``named_vae``, ``named_clip``), or one trained now into ``<run>/vae/`` or
-``<run>/clip/`` from the recipe's section; a stage already finished there is reused on --resume.
+"""What a from-nothing LDM run prepares before its denoiser trains: the VAE (``first_stage``) and,
+for a text model, the CLIP (``text_stage``), then the inputs it reads from them, computed once
+(``cached_latents``, ``TextCache``). Each stage is the checkpoint the recipe names, checked from
+its header before any work (``named_vae``, ``named_clip``), or one trained now into ``<run>/vae/``
+or ``<run>/clip/`` from the recipe's section; a stage already finished there is reused on --resume.
 """
 
 from __future__ import annotations
@@ -9,13 +10,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vdcli.checkpoint import KINDS, Checkpoint, load_checkpoint, read_header
+import torch
+from safetensors.torch import load_file, save_file
+
+from vdcli.checkpoint import (
+    KINDS,
+    Checkpoint,
+    atomic_write,
+    load_checkpoint,
+    read_header,
+)
 from vdcli.data import data_spec
 from vdcli.errors import VdError
+from vdcli.models.vae import AutoencoderKL
 from vdcli.progress import console
 from vdcli.recipe import LDMRecipe, denoiser_conflicts
 from vdcli.runs import Run, find_checkpoint
-from vdcli.tasks.vae import train_stage
+from vdcli.tasks.vae import encode_all, train_stage
 
 
 def named_vae(recipe: LDMRecipe) -> Path | None:
@@ -105,3 +116,39 @@ def clip_recipe(recipe: LDMRecipe):
     from vdcli.recipe import CLIPRecipe
 
     return CLIPRecipe(data=recipe.data, model=recipe.clip.model, train=recipe.clip.train)
+
+
+class TextCache:
+    """The frozen text encoder's (states, pooled, mask) per unique caption, computed once each.
+
+    Captions are drawn anew at every step from a few phrasings per image, so a run meets only a
+    few hundred distinct strings; each is encoded the first time it is seen.
+    """
+
+    def __init__(self, text):
+        self.text = text
+        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        new = sorted({c for c in captions if c not in self.rows})
+        if new:
+            states, pooled, mask = self.text.encode(new)  # (n, L, D), (n, D), (n, L)
+            pad = self.text.max_length - states.shape[1]  # one length for all, whatever the batch was padded to
+            states = torch.nn.functional.pad(states, (0, 0, 0, pad))
+            mask = torch.nn.functional.pad(mask, (0, pad), value=False)
+            for i, c in enumerate(new):
+                self.rows[c] = (states[i], pooled[i], mask[i])
+        states, pooled, mask = (torch.stack(parts) for parts in zip(*(self.rows[c] for c in captions)))
+        return states, pooled, mask  # (B, L, D), (B, D), (B, L)
+
+
+def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, logvar) of every training image, computed once per run."""
+    path = run.dir / "latents.safetensors"
+    if path.is_file():
+        cache = load_file(str(path))
+        return cache["mean"], cache["logvar"]
+    mean, logvar = encode_all(vae, train_set, device)
+    atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp)))
+    return mean, logvar
