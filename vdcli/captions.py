@@ -74,16 +74,13 @@ def measure(images: torch.Tensor) -> dict[str, torch.Tensor]:
     """uint8 images [N, C, H, W] -> {attribute: float [N]}: thickness, slant, size, height, brightness."""
     ink = images.float().mean(1) / 255.0  # (N, H, W) in [0, 1]
     N, H, W = ink.shape
-    solid = (ink >= 0.5).float()
+    solid = (ink >= 0.5).to(torch.uint8)  # (N, H, W), 0 or 1
     depth, layer = torch.zeros_like(solid), solid
-    for _ in range(max(H, W) // 2):  # erode until nothing is left
-        if not layer.any():
-            break
+    while layer.any():  # erode until nothing is left: depth counts the erosions each ink pixel survives
         depth += layer
-        layer = -F.max_pool2d(-layer[:, None], 3, stride=1, padding=1)[:, 0]  # 3x3 erosion; the border counts as ink
-        layer = layer * solid
-    area = solid.sum((1, 2))
-    thickness = torch.where(area > 0, 4 * depth.sum((1, 2)) / area.clamp(min=1) - 2, torch.zeros_like(area))
+        layer = _erode(layer)
+    area = solid.sum((1, 2)).float()
+    thickness = torch.where(area > 0, 4 * depth.sum((1, 2)).float() / area.clamp(min=1) - 2, torch.zeros_like(area))
 
     mass = ink.sum((1, 2)).clamp(min=1e-6)  # (N,)
     y = torch.arange(H, dtype=torch.float32)[None, :, None]
@@ -97,13 +94,21 @@ def measure(images: torch.Tensor) -> dict[str, torch.Tensor]:
     slant = -cov / var_y.clamp(min=1e-6)  # y grows downwards: a top to the right is a negative covariance
     size = (var_x + var_y).sqrt()
 
-    rows = solid.amax(2)  # (N, H): rows with ink
+    rows = solid.any(2).float()  # (N, H): rows with ink
     first = rows.argmax(1)
     last = H - 1 - rows.flip(1).argmax(1)
     height = torch.where(rows.any(1), (last - first + 1).float(), torch.zeros(N))
     body = ink > 0.1
     brightness = (ink * body).sum((1, 2)) / body.sum((1, 2)).clamp(min=1)
     return {"thickness": thickness, "slant": slant, "size": size, "height": height, "brightness": brightness}
+
+
+def _erode(mask: torch.Tensor) -> torch.Tensor:
+    """3x3 binary erosion of 0/1 uint8 masks [N, H, W], as a row and then a column erosion; the
+    border counts as ink."""
+    padded = F.pad(mask, (1, 1, 1, 1), value=1)  # (N, H + 2, W + 2)
+    rows = torch.minimum(torch.minimum(padded[:, :, :-2], padded[:, :, 1:-1]), padded[:, :, 2:])  # (N, H + 2, W)
+    return torch.minimum(torch.minimum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])  # (N, H, W)
 
 
 def _thirds(values: torch.Tensor) -> list[float]:
@@ -142,21 +147,24 @@ class Captioner:
     def fit(cls, images: torch.Tensor, labels: torch.Tensor, classes: list[str], dataset: str,
             texts: list[list[str]] | None = None) -> Captioner:
         """Thresholds from these (training) images: the thirds of each attribute the dataset uses."""
-        values = measure(images)
+        values = measure(images)  # measured once: the thresholds, then the bins against them
         thresholds = {}
         for name in _words_for(dataset):
             if PER_CLASS[name]:
                 thresholds[name] = [_thirds(values[name][labels == c]) for c in range(len(classes))]
             else:
                 thresholds[name] = [_thirds(values[name])] * len(classes)
-        return cls({"dataset": dataset, "classes": list(classes), "thresholds": thresholds}, images, labels, texts)
+        captioner = cls({"dataset": dataset, "classes": list(classes), "thresholds": thresholds}, None, labels, texts)
+        captioner.bins = captioner.attribute_bins(images, labels, values)
+        return captioner
 
     def measure(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return measure(images)
 
-    def attribute_bins(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def attribute_bins(self, images: torch.Tensor, labels: torch.Tensor,
+                       values: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """{attribute: int [N]}: −1 the lowest third, 0 the middle, +1 the highest (this class's thresholds)."""
-        values = measure(images)
+        values = measure(images) if values is None else values
         out = {}
         for name, cuts in self.state["thresholds"].items():
             cuts = torch.tensor(cuts)[labels]  # (N, 2)
