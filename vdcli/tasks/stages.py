@@ -1,6 +1,6 @@
 """What a from-nothing LDM run prepares before its denoiser trains: the VAE (``first_stage``) and,
 for a text model, the CLIP (``text_stage``), then the inputs it reads from them, computed once
-(``cached_latents``, ``TextCache``). Each stage is the checkpoint the recipe names, checked from
+(``cached_latents``: in memory, or in shards on disk for a streamed folder; ``TextCache``). Each stage is the checkpoint the recipe names, checked from
 its header before any work (``named_vae``, ``named_clip``), or one trained now into ``<run>/vae/``
 or ``<run>/clip/`` from the recipe's section; a stage already finished there is reused on --resume.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vdcli import distributed
 from vdcli.checkpoint import (
     KINDS,
     Checkpoint,
@@ -26,6 +27,8 @@ from vdcli.models.vae import AutoencoderKL
 from vdcli.progress import console
 from vdcli.recipe import LDMRecipe, denoiser_conflicts
 from vdcli.runs import Run, find_checkpoint
+from vdcli.shards import SHARD_ROWS, open_shards, shard_matches, shard_path, shard_ranges, write_shard
+from vdcli.streaming import Column, FolderImages
 from vdcli.tasks.vae import encode_all, train_stage
 
 
@@ -143,12 +146,33 @@ class TextCache:
         return states, pooled, mask  # (B, L, D), (B, D), (B, L)
 
 
-def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior (mean, logvar) of every training image, computed once per run."""
+def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[Column, Column]:
+    """Posterior (mean, logvar) of every training image, computed once per run: tensors, or for a
+    streamed folder columns read from shards on disk (``sharded_latents``)."""
+    if isinstance(train_set.images, FolderImages):
+        return sharded_latents(vae, train_set, run, device)
     path = run.dir / "latents.safetensors"
     if path.is_file():
         cache = load_file(str(path))
         return cache["mean"], cache["logvar"]
     mean, logvar = encode_all(vae, train_set, device)
     atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp)))
+    return mean, logvar
+
+
+def sharded_latents(vae: AutoencoderKL, train_set, run: Run, device, rows: int = SHARD_ROWS) -> tuple[Column, Column]:
+    """(mean, logvar) of a streamed folder, encoded shard by shard into ``<run>/latents/`` (``shards.py``);
+    shards already there (a resumed run) are checked against the folder's labels and kept."""
+    folder, total = run.dir / "latents", len(train_set)
+    ranges = shard_ranges(total, rows)
+    paths = [shard_path(folder, k) for k in range(len(ranges))]
+    if distributed.is_main():  # under torchrun rank 0 encodes; the others wait and read
+        for path, (first, end) in zip(paths, ranges):
+            labels = train_set.labels[first:end]
+            if path.is_file() and shard_matches(path, first, total, labels):
+                continue
+            mean, logvar = encode_all(vae, train_set.take(torch.arange(first, end)), device)
+            write_shard(path, first, total, mean, logvar, labels)
+    distributed.barrier()
+    mean, logvar, _ = open_shards(paths, train_set.images.workers)
     return mean, logvar
