@@ -163,6 +163,9 @@ def _folder_files(path: Path, split: str) -> tuple[list[Path], list[int], list[s
         raise VdError(f"data.path {path} is not a folder; it should hold the images, or one sub-folder of images per class")
     groups = folder_groups(path, split)
     files = [f for _, group in groups for f in group]
+    if not files and split == "test" and any(group for _, group in folder_groups(path, "train")):
+        raise VdError(f"{path} has no test images: every 10th image of each class is held out, so a class needs at least "
+                      "10 images; add images, or put them in train/ and test/ sub-folders")
     if not files:
         raise VdError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
     folder_captions(path)  # a broken metadata.jsonl fails now, before any training
