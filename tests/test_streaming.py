@@ -165,3 +165,15 @@ def test_the_cifar10_recipe_trains_a_class_model_on_a_folder_of_rgb_32x32_images
     assert ckpt.meta["conditioning"] == "class" and ckpt.meta["latent_shape"] == [4, 8, 8]
     assert ckpt.meta["data"]["classes"] == sorted(make_shapes.synthetic_shapes(6).classes)
     assert "2 images" in ok("sample", "--class", "disk", "--n", 2, "--steps", 2, "--out", tmp_path / "s")
+
+
+def test_a_text_model_on_a_streamed_folder_learns_the_words_of_its_metadata_jsonl(tmp_path):
+    from test_text_ldm import TINY_TEXT
+
+    path = folder(tmp_path)
+    shipped = ROOT / "recipes" / "folder_latent64.yaml"
+    ok("train-ldm", shipped, "--set", f"data.path={path}", *TINY, *TINY_TEXT, "--set", "clip.train.batch_size=8")
+    ckpt = load_checkpoint(Path("runs/folder_latent64/latest/checkpoint.safetensors"))
+    assert ckpt.meta["conditioning"] == "text" and "shard-00000.safetensors" in str(list(Path("runs/folder_latent64/latest/latents").iterdir()))
+    assert "orange" in json.dumps(ckpt.meta["clip"])  # a colour: only metadata.jsonl says it; class names are shapes
+    assert "1 images" in ok("sample", "--prompt", "an orange disk", "--n", 1, "--steps", 2, "--out", tmp_path / "s")
