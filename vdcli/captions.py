@@ -135,7 +135,7 @@ class Captioner:
         self.labels = labels
         self.texts = texts
         self.bins: dict[str, torch.Tensor] = {}
-        if images is not None and state.get("thresholds"):  # nothing to measure for a folder: a streamed one is not even in memory
+        if images is not None and state.get("thresholds"):  # a folder has nothing to measure (and may be streamed)
             self.bins = self.attribute_bins(images, labels)
 
     @classmethod

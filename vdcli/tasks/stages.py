@@ -1,8 +1,9 @@
 """What a from-nothing LDM run prepares before its denoiser trains: the VAE (``first_stage``) and,
 for a text model, the CLIP (``text_stage``), then the inputs it reads from them, computed once
-(``cached_latents``: in memory, or in shards on disk for a streamed folder; ``TextCache``). Each stage is the checkpoint the recipe names, checked from
-its header before any work (``named_vae``, ``named_clip``), or one trained now into ``<run>/vae/``
-or ``<run>/clip/`` from the recipe's section; a stage already finished there is reused on --resume.
+(``cached_latents``: in memory, or for a streamed folder in shards on disk; ``TextCache``). Each
+stage is the checkpoint the recipe names, checked from its header before any work (``named_vae``,
+``named_clip``), or one trained now into ``<run>/vae/`` or ``<run>/clip/`` from the recipe's
+section; a stage already finished there is reused on --resume.
 """
 
 from __future__ import annotations
