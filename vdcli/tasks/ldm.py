@@ -449,7 +449,7 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         clip_ckpt, clip_note = text_stage(recipe, run, train_set, test_set, device, resume, quiet)
         vae_note += f"; {clip_note}"
     vae, scale = load_vae(vae_ckpt, device)
-    mean, logvar = cached_latents(vae, train_set, run, device)
+    mean, logvar = cached_latents(vae, train_set, run, device, quiet)
     norm = LatentNorm.fit(at_most(mean, 60_000), at_most(logvar, 60_000)).to(device)  # all of MNIST; a sample of a large folder
 
     spec = data_spec(recipe.data, train_set)

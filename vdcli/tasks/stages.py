@@ -25,7 +25,7 @@ from vdcli.checkpoint import (
 from vdcli.data import data_spec
 from vdcli.errors import VdError
 from vdcli.models.vae import AutoencoderKL
-from vdcli.progress import console
+from vdcli.progress import Reporter, console
 from vdcli.recipe import LDMRecipe, denoiser_conflicts
 from vdcli.runs import Run, find_checkpoint
 from vdcli.shards import SHARD_ROWS, open_shards, shard_matches, shard_path, shard_ranges, write_shard
@@ -147,11 +147,11 @@ class TextCache:
         return states, pooled, mask  # (B, L, D), (B, D), (B, L)
 
 
-def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[Column, Column]:
+def cached_latents(vae: AutoencoderKL, train_set, run: Run, device, quiet: bool = False) -> tuple[Column, Column]:
     """Posterior (mean, logvar) of every training image, computed once per run: tensors, or for a
     streamed folder columns read from shards on disk (``sharded_latents``)."""
     if isinstance(train_set.images, FolderImages):
-        return sharded_latents(vae, train_set, run, device)
+        return sharded_latents(vae, train_set, run, device, quiet=quiet)
     path = run.dir / "latents.safetensors"
     if path.is_file():
         cache = load_file(str(path))
@@ -161,19 +161,21 @@ def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[Col
     return mean, logvar
 
 
-def sharded_latents(vae: AutoencoderKL, train_set, run: Run, device, rows: int = SHARD_ROWS) -> tuple[Column, Column]:
+def sharded_latents(vae: AutoencoderKL, train_set, run: Run, device, rows: int = SHARD_ROWS,
+                    quiet: bool = False) -> tuple[Column, Column]:
     """(mean, logvar) of a streamed folder, encoded shard by shard into ``<run>/latents/`` (``shards.py``);
     shards already there (a resumed run) are checked against the folder's labels and kept."""
     folder, total = run.dir / "latents", len(train_set)
     ranges = shard_ranges(total, rows)
     paths = [shard_path(folder, k) for k in range(len(ranges))]
     if distributed.is_main():  # under torchrun rank 0 encodes; the others wait and read
-        for path, (first, end) in zip(paths, ranges):
-            labels = train_set.labels[first:end]
-            if path.is_file() and shard_matches(path, first, total, labels):
-                continue
-            mean, logvar = encode_all(vae, train_set.take(torch.arange(first, end)), device)
-            write_shard(path, first, total, mean, logvar, labels)
+        with Reporter(len(ranges), title="latent shards", every=1, quiet=quiet) as report:
+            for k, (path, (first, end)) in enumerate(zip(paths, ranges)):
+                labels = train_set.labels[first:end]
+                if not (path.is_file() and shard_matches(path, first, total, labels)):
+                    mean, logvar = encode_all(vae, train_set.take(torch.arange(first, end)), device)
+                    write_shard(path, first, total, mean, logvar, labels)
+                report.update(k + 1, items=end - first)
     distributed.barrier()
     mean, logvar, _ = open_shards(paths, train_set.images.workers)
     return mean, logvar
