@@ -170,6 +170,7 @@ def sharded_latents(vae: AutoencoderKL, train_set, run: Run, device, rows: int =
     paths = [shard_path(folder, k) for k in range(len(ranges))]
     if distributed.is_main():  # under torchrun rank 0 encodes; the others wait and read
         with Reporter(len(ranges), title="latent shards", every=1, quiet=quiet) as report:
+            report.print(f"latents of {total} images: {len(ranges)} shards in {folder}")
             for k, (path, (first, end)) in enumerate(zip(paths, ranges)):
                 labels = train_set.labels[first:end]
                 if not (path.is_file() and shard_matches(path, first, total, labels)):
