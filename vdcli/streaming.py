@@ -51,7 +51,7 @@ class FolderImages:
         return (len(self.files), self.channels, self.size, self.size)
 
     def read(self, i: int) -> torch.Tensor:
-        from vdcli.data import fit_images, read_image
+        from vdcli.data import fit_images, read_image  # here, not at the top: data.py imports this module
 
         return fit_images(read_image(self.files[i])[None], self.size, self.channels)[0]
 
