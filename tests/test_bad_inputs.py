@@ -84,6 +84,14 @@ def make_inputs(folder: Path, trained: dict) -> None:
         for name, text in recipes.items():
             (folder / f"{kind}_{name}").write_text(text.format(kind=kind, other=other))
     (folder / "recipe_folder.yaml").mkdir()
+    for name, lines in (("meta_missing", ['{"file_name": "0.png", "text": "a square"}', '{"file_name": "gone.png", "text": "a disk"}']),
+                        ("meta_broken", ['{"file_name": "0.png", "text": "a square"']),
+                        ("meta_nofile", ['{"text": "a square"}'])):
+        (folder / name).mkdir()
+        for i in range(10):
+            Image.new("RGB", (16, 16), (i * 20, 0, 0)).save(folder / name / f"{i}.png")
+        (folder / name / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+        (folder / f"ldm_{name}.yaml").write_text(f"kind: ldm\ndata:\n  name: folder\n  path: {name}\n  image_size: 16\n  stream: true\n")
 
 
 def snapshot(*roots: Path) -> dict:
@@ -178,6 +186,12 @@ TRAIN_LDM = train_cases("ldm") + [
     (["train-ldm", "ldm_ok.yaml", "--set", "model.channel_mult=[1,2,2,2]"], "--set model.channel_mult=[1,2,2,2]"),
     (["train-ldm", "ldm_ok.yaml", "--set", "data.image_size=30"], "--set data.image_size=30"),
     (["train-ldm", "ldm_ok.yaml", "--set", "model.heads=3"], "--set model.heads=3"),
+    (["train-ldm", "ldm_meta_missing.yaml"], "meta_missing/metadata.jsonl:2: file_name 'gone.png'"),
+    (["train-ldm", "ldm_meta_broken.yaml"], "meta_broken/metadata.jsonl:1: not a JSON object"),
+    (["train-ldm", "ldm_meta_nofile.yaml"], "meta_nofile/metadata.jsonl:1: each line needs 'file_name'"),
+    (["train-ldm", "ldm_meta_missing.yaml", "--set", "data.stream=false"], "metadata.jsonl:2"),
+    (["train-ldm", "ldm_ok.yaml", "--set", "data.stream=true"], "--set data.stream=true"),
+    (["train-ldm", "ldm_ok.yaml", "--set", "data.workers=-1"], "--set data.workers=-1"),
 ]
 TRAIN_CLIP = train_cases("clip") + [
     (["train-clip", "clip_ok.yaml", "--set", "model.text.heads=3"], "--set model.text.heads=3"),

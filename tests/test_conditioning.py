@@ -77,30 +77,3 @@ def test_an_unconditional_model_refuses_a_class_in_one_line(tmp_path, command):
     result = vd(*command, "--steps", 2, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "conditioning: none" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 2 and not (tmp_path / "o").exists()
-
-
-def test_the_shipped_folder_recipe_trains_an_unconditional_model_on_a_flat_folder_of_rgb_images(tmp_path):
-    """recipes/folder_uncond64.yaml as a user runs it, on a generated folder, shrunk with --set."""
-    from PIL import Image
-
-    from vdcli.data import synthetic_shapes
-
-    photos = tmp_path / "my_photos"
-    photos.mkdir()
-    shapes = synthetic_shapes(40, 64, seed=3).images  # (40, 1, 64, 64)
-    for i, x in enumerate(shapes):
-        rgb = torch.stack([x[0], x[0].flip(0), x[0].flip(1)])  # three different channels: a colour image
-        Image.fromarray(rgb.permute(1, 2, 0).numpy(), "RGB").save(photos / f"img_{i:02d}.png")
-    shipped = Path(__file__).parents[1] / "recipes" / "folder_uncond64.yaml"
-    out = ok("train-ldm", shipped, "--set", f"data.path={photos}", "--set", "vae.model.channels=8", "--set", "vae.train.steps=4",
-             "--set", "vae.train.batch_size=8", "--set", "model.channels=16", "--set", "model.blocks_per_level=1",
-             "--set", "train.steps=4", "--set", "train.batch_size=8", "--set", "train.warmup_steps=1", "--set", "sample.steps=2",
-             "--quiet")
-    assert "denoiser trained" in out and "--n 16" in out
-    ckpt = load_checkpoint(Path("runs/folder_uncond64/latest/checkpoint.safetensors"))
-    assert ckpt.meta["conditioning"] == "none" and ckpt.meta["data"]["channels"] == 3 and ckpt.meta["data"]["image_size"] == 64
-    out = ok("sample", "--n", 2, "--steps", 2, "--out", tmp_path / "s")
-    assert "2 images" in out
-    assert Image.open(tmp_path / "s" / "images" / "unconditional_0.png").mode == "RGB"
-    out = ok("sample", "--init", str(photos / "img_00.png"), "--strength", "0.5", "--n", 1, "--steps", 2, "--out", tmp_path / "i")
-    assert "made anew" in out

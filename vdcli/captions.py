@@ -140,14 +140,14 @@ class Captioner:
         self.labels = labels
         self.texts = texts
         self.bins: dict[str, torch.Tensor] = {}
-        if images is not None:
+        if images is not None and state.get("thresholds"):  # a folder has nothing to measure (and may be streamed)
             self.bins = self.attribute_bins(images, labels)
 
     @classmethod
     def fit(cls, images: torch.Tensor, labels: torch.Tensor, classes: list[str], dataset: str,
             texts: list[list[str]] | None = None) -> Captioner:
         """Thresholds from these (training) images: the thirds of each attribute the dataset uses."""
-        values = measure(images)  # measured once: the thresholds, then the bins against them
+        values = measure(images) if _words_for(dataset) else {}  # measured once: the thresholds, then the bins
         thresholds = {}
         for name in _words_for(dataset):
             if PER_CLASS[name]:
@@ -289,7 +289,11 @@ def folder_captions(root: str | Path) -> dict[Path, list[str]] | None:
             texts = row["text"] if isinstance(row["text"], list) else [row["text"]]
             if not all(isinstance(t, str) for t in texts):
                 raise VdError(f"{meta}:{n}: 'text' is a string or a list of strings")
-            out[(meta.parent / row["file_name"]).resolve()] = [t.strip() for t in texts if t.strip()]
+            image = meta.parent / str(row["file_name"])
+            if not image.is_file():
+                raise VdError(f"{meta}:{n}: file_name {row['file_name']!r} is not a file in {meta.parent}; "
+                              "file names are relative to the folder that holds metadata.jsonl")
+            out[image.resolve()] = [t.strip() for t in texts if t.strip()]
     return out
 
 

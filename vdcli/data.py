@@ -2,7 +2,10 @@
 
 Every dataset is held in memory as uint8 images [N, C, H, W] plus int64 labels, at the size the
 recipe asks for. MNIST-sized data then costs ~50 MB and a training step is a tensor index, not
-a Python loop over PIL images; on a 2-core machine that is the difference that matters.
+a Python loop over PIL images; on a 2-core machine that is the difference that matters. The one
+exception is an image folder with ``data.stream: true``: its images stay on disk, a column of
+files decoded when a row is read (``streaming.FolderImages``), and only file names and labels
+are held in memory.
 
 Models see images as floats in [-1, 1] (``to_float``).
 """
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 
 from vdcli.errors import VdError
 from vdcli.recipe import DataConfig
+from vdcli.streaming import FolderImages
 
 TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 LAYOUT = {"mnist": "MNIST/raw/", "fashion-mnist": "FashionMNIST/raw/", "cifar10": "cifar-10-batches-py/"}  # what torchvision looks for
@@ -28,12 +32,19 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass
 class ImageSet:
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor | FolderImages  # uint8 (N, C, H, W), in memory or read from disk row by row
     labels: torch.Tensor  # int64 (N,)
     classes: list[str]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, rows: torch.Tensor) -> ImageSet:
+        """These rows (sorted, distinct) only; a streamed set stays on disk."""
+        if len(rows) == len(self):  # all of them: no copy
+            return self
+        images = self.images.subset(rows.tolist()) if isinstance(self.images, FolderImages) else self.images[rows]
+        return ImageSet(images, self.labels[rows], self.classes)
 
 
 def data_spec(cfg: DataConfig, data: ImageSet) -> dict:
@@ -66,6 +77,8 @@ def load_split(cfg: DataConfig, split: str, root: str | Path | None = None) -> I
     if cfg.name == "synthetic":
         n = (cfg.limit or 2000) if split == "train" else 500
         data = synthetic_shapes(n, cfg.image_size, seed=0 if split == "train" else 1)
+    elif cfg.name == "folder" and cfg.stream:
+        return _streamed_folder(cfg, split)
     elif cfg.name == "folder":
         data = _folder(Path(cfg.path).expanduser(), split, cfg.image_size)
     else:
@@ -142,19 +155,43 @@ def folder_groups(path: Path, split: str) -> list[tuple[str, list[Path]]]:
     return groups
 
 
-def _folder(path: Path, split: str, size: int) -> ImageSet:
-    """An image folder (``folder_groups``) as an ImageSet."""
+def _folder_files(path: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
+    """(files, labels, class names) of an image-folder split, its metadata.jsonl checked."""
+    from vdcli.captions import folder_captions
+
     if not path.is_dir():
         raise VdError(f"data.path {path} is not a folder; it should hold the images, or one sub-folder of images per class")
     groups = folder_groups(path, split)
-    images = [read_image(f) for _, files in groups for f in files]
-    labels = [label for label, (_, files) in enumerate(groups) for _ in files]
-    if not images:
+    files = [f for _, group in groups for f in group]
+    if not files and split == "test" and any(group for _, group in folder_groups(path, "train")):
+        raise VdError(f"{path} has no test images: every 10th image of each class is held out, so a class needs at least "
+                      "10 images; add images, or put them in train/ and test/ sub-folders")
+    if not files:
         raise VdError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
-    classes = [name for name, _ in groups]
+    folder_captions(path)  # a broken metadata.jsonl fails now, before any training
+    labels = [label for label, (_, group) in enumerate(groups) for _ in group]
+    return files, labels, [name for name, _ in groups]
+
+
+def _folder(path: Path, split: str, size: int) -> ImageSet:
+    """An image folder (``folder_groups``) as an ImageSet."""
+    files, labels, classes = _folder_files(path, split)
+    images = [read_image(f) for f in files]
     channels = 3 if any(im.shape[0] == 3 for im in images) else 1
     fitted = torch.cat([fit_images(im[None], size, channels) for im in images])
     return ImageSet(fitted, torch.tensor(labels), classes)
+
+
+def _streamed_folder(cfg: DataConfig, split: str) -> ImageSet:
+    """An image folder left on disk: its files, read and fitted to the recipe's size at each step.
+
+    Without data.channels a streamed folder is RGB: finding out whether any of a million files is
+    in colour would mean opening them all; a grayscale folder then trains on three equal channels.
+    """
+    files, labels, classes = _folder_files(Path(cfg.path).expanduser(), split)
+    if split == "train" and cfg.limit:
+        files, labels = files[: cfg.limit], labels[: cfg.limit]
+    return ImageSet(FolderImages(files, cfg.image_size, cfg.channels or 3, cfg.workers), torch.tensor(labels), classes)
 
 
 def read_image(path: str | Path) -> torch.Tensor:

@@ -39,11 +39,19 @@ class DataConfig(Section):
     channels: Literal[1, 3] | None = None  # None: the dataset's own (1 for MNIST, 3 for CIFAR-10)
     limit: int | None = Field(None, gt=0)  # use at most this many training images (smoke runs)
     shift: int = Field(0, ge=0)  # training images move by up to this many pixels (classifiers only)
+    # The one rule: stream: true reads a folder's images from disk at every step (streaming.py)
+    # instead of decoding them all into memory first; an LDM then caches its latents in shards on
+    # disk too. For folders larger than RAM; the in-memory default is faster for small sets.
+    stream: bool = False
+    workers: int | None = Field(None, ge=0)  # processes decoding a streamed folder; None: min(4, CPU cores); 0: in the main process
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:
         if self.name == "folder" and not self.path:
             raise ValueError("data.name: folder needs data.path, the folder that holds one sub-folder per class")
+        if self.stream and self.name != "folder":
+            raise ValueError(f"data.stream streams an image folder (data.name: folder); {self.name} is small enough to "
+                             "hold in memory, so leave data.stream: false")
         return self
 
 

@@ -1,9 +1,10 @@
 """The training loop every ``vd train-*`` command shares.
 
-A task (``tasks/vit.py`` ...) hands over a model, a loss function, its data as CPU tensors and
-an evaluation function; the loop does the rest: AdamW with linear warm-up and cosine decay,
-gradient clipping, optional EMA of the weights, bf16 autocast on CUDA, periodic evaluation and
-atomic checkpoints, ``metrics.jsonl``, a loss curve, and Ctrl-C/SIGTERM that save before exiting.
+A task (``tasks/vit.py`` ...) hands over a model, a loss function, its data as columns (CPU
+tensors, or files read at each step: ``streaming.py``) and an evaluation function; the loop does
+the rest: AdamW with linear warm-up and cosine decay, gradient clipping, optional EMA of the
+weights, bf16 autocast on CUDA, periodic evaluation and atomic checkpoints, ``metrics.jsonl``, a
+loss curve, and Ctrl-C/SIGTERM that save before exiting.
 
 Reproducibility: a network's initial weights are drawn inside ``seeded_init(seed, stage)``, from
 (seed, stage) alone; the batch order of epoch e is a permutation seeded by (seed, e); and the
@@ -38,6 +39,7 @@ from vdcli.images import loss_curve
 from vdcli.progress import Reporter, format_metrics
 from vdcli.recipe import TrainConfig
 from vdcli.runs import Run
+from vdcli.streaming import Column, step_batches
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module, int], dict[str, float]]
@@ -150,7 +152,7 @@ class StopFlag:
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
-    data: tuple[torch.Tensor, ...],
+    data: tuple[Column, ...],
     cfg: TrainConfig,
     run: Run,
     *,
@@ -209,6 +211,8 @@ def fit(
         modules = {"model": model, **({"ema": ema.model} if ema else {}), **(extra or {})}
         save_resumable(run.checkpoint, kind, modules, {**meta, "metrics": metrics}, optimizer, step)
 
+    batches = step_batches(data, order, start, cfg.steps, rank, world, device)  # streamed columns: read ahead by workers
+
     t0 = time.perf_counter()
     with stop, Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
             open(run.metrics if rank == 0 else os.devnull, "a") as log:
@@ -216,7 +220,7 @@ def fit(
         for step in range(start + 1, cfg.steps + 1):  # step = number of optimizer updates done after this one
             torch.manual_seed(seed * 1_000_003 + step + rank * 1_000_000_007)  # rank 0 draws what one process draws
             rows = order(step - 1)[rank::world]  # this rank's share of the global batch
-            batch = tuple(t[rows].to(device, non_blocking=True) for t in data)
+            batch = tuple(t.to(device, non_blocking=True) for t in next(batches))  # the same rows, read by step_batches
             lr = lr_at(step - 1, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr

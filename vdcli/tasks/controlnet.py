@@ -144,7 +144,9 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
     base_ckpt = load_checkpoint(path, "ldm")
     base_meta = base_ckpt.meta
     base = load_ldm(base_ckpt, device)
-    data_cfg = DataConfig(**base_meta["recipe"]["data"])
+    # Control maps are computed for every training image in memory, so a base trained on a streamed
+    # folder is read into memory here: streaming a ControlNet's data is not written yet.
+    data_cfg = DataConfig(**{**base_meta["recipe"]["data"], "stream": False})
     train_set = load_split(data_cfg, "train", data_root)
     test_set = load_split(data_cfg, "test", data_root)
     mean, logvar = cached_latents(base.vae, train_set, run, device)

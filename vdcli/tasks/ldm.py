@@ -2,7 +2,8 @@
 
 ``train`` runs both stages when it must: with no VAE checkpoint in the recipe it first trains
 the VAE from the recipe's ``vae:`` section, in ``<run>/vae/``. It then encodes the dataset
-once (the posterior means and log-variances are cached in ``<run>/latents.safetensors``) and
+once (the posterior means and log-variances are cached in ``<run>/latents.safetensors``, or for a
+streamed folder in shards under ``<run>/latents/`` that are read back from disk) and
 trains the denoiser on standardised latent samples z = (μ + σ ε − mean) / std, with the mean and
 std of every latent element over the training set (``LatentNorm``: why per element, not one
 global scale factor, is written there).
@@ -32,6 +33,7 @@ from vdcli.models.vae import AutoencoderKL, LatentNorm
 from vdcli.progress import Reporter
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run
+from vdcli.streaming import at_most
 from vdcli.tasks.stages import TextCache, cached_latents, first_stage, named_clip, named_vae, text_stage
 from vdcli.tasks.vae import Interpolation, load_vae
 from vdcli.trainer import fit, seeded_init
@@ -447,8 +449,8 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         clip_ckpt, clip_note = text_stage(recipe, run, train_set, test_set, device, resume, quiet)
         vae_note += f"; {clip_note}"
     vae, scale = load_vae(vae_ckpt, device)
-    mean, logvar = cached_latents(vae, train_set, run, device)
-    norm = LatentNorm.fit(mean, logvar).to(device)
+    mean, logvar = cached_latents(vae, train_set, run, device, quiet)
+    norm = LatentNorm.fit(at_most(mean, 60_000), at_most(logvar, 60_000)).to(device)  # all of MNIST; a sample of a large folder
 
     spec = data_spec(recipe.data, train_set)
     meta = {

@@ -1,8 +1,9 @@
 """What a from-nothing LDM run prepares before its denoiser trains: the VAE (``first_stage``) and,
 for a text model, the CLIP (``text_stage``), then the inputs it reads from them, computed once
-(``cached_latents``, ``TextCache``). Each stage is the checkpoint the recipe names, checked from
-its header before any work (``named_vae``, ``named_clip``), or one trained now into ``<run>/vae/``
-or ``<run>/clip/`` from the recipe's section; a stage already finished there is reused on --resume.
+(``cached_latents``: in memory, or for a streamed folder in shards on disk; ``TextCache``). Each
+stage is the checkpoint the recipe names, checked from its header before any work (``named_vae``,
+``named_clip``), or one trained now into ``<run>/vae/`` or ``<run>/clip/`` from the recipe's
+section; a stage already finished there is reused on --resume.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from vdcli import distributed
 from vdcli.checkpoint import (
     KINDS,
     Checkpoint,
@@ -23,9 +25,11 @@ from vdcli.checkpoint import (
 from vdcli.data import data_spec
 from vdcli.errors import VdError
 from vdcli.models.vae import AutoencoderKL
-from vdcli.progress import console
+from vdcli.progress import Reporter, console
 from vdcli.recipe import LDMRecipe, denoiser_conflicts
 from vdcli.runs import Run, find_checkpoint
+from vdcli.shards import SHARD_ROWS, open_shards, shard_matches, shard_path, shard_ranges, write_shard
+from vdcli.streaming import Column, FolderImages
 from vdcli.tasks.vae import encode_all, train_stage
 
 
@@ -143,12 +147,36 @@ class TextCache:
         return states, pooled, mask  # (B, L, D), (B, D), (B, L)
 
 
-def cached_latents(vae: AutoencoderKL, train_set, run: Run, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior (mean, logvar) of every training image, computed once per run."""
+def cached_latents(vae: AutoencoderKL, train_set, run: Run, device, quiet: bool = False) -> tuple[Column, Column]:
+    """Posterior (mean, logvar) of every training image, computed once per run: tensors, or for a
+    streamed folder columns read from shards on disk (``sharded_latents``)."""
+    if isinstance(train_set.images, FolderImages):
+        return sharded_latents(vae, train_set, run, device, quiet=quiet)
     path = run.dir / "latents.safetensors"
     if path.is_file():
         cache = load_file(str(path))
         return cache["mean"], cache["logvar"]
     mean, logvar = encode_all(vae, train_set, device)
     atomic_write(path, lambda tmp: save_file({"mean": mean.contiguous(), "logvar": logvar.contiguous()}, str(tmp)))
+    return mean, logvar
+
+
+def sharded_latents(vae: AutoencoderKL, train_set, run: Run, device, rows: int = SHARD_ROWS,
+                    quiet: bool = False) -> tuple[Column, Column]:
+    """(mean, logvar) of a streamed folder, encoded shard by shard into ``<run>/latents/`` (``shards.py``);
+    shards already there (a resumed run) are checked against the folder's labels and kept."""
+    folder, total = run.dir / "latents", len(train_set)
+    ranges = shard_ranges(total, rows)
+    paths = [shard_path(folder, k) for k in range(len(ranges))]
+    if distributed.is_main():  # under torchrun rank 0 encodes; the others wait and read
+        with Reporter(len(ranges), title="latent shards", every=1, quiet=quiet) as report:
+            report.print(f"latents of {total} images: {len(ranges)} shards in {folder}")
+            for k, (path, (first, end)) in enumerate(zip(paths, ranges)):
+                labels = train_set.labels[first:end]
+                if not (path.is_file() and shard_matches(path, first, total, labels)):
+                    mean, logvar = encode_all(vae, train_set.take(torch.arange(first, end)), device)
+                    write_shard(path, first, total, mean, logvar, labels)
+                report.update(k + 1, items=end - first)
+    distributed.barrier()
+    mean, logvar, _ = open_shards(paths, train_set.images.workers)
     return mean, logvar
