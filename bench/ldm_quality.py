@@ -53,9 +53,10 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def parse_setting(name: str, ldm) -> dict:
-    if name == "uncond":
+    if name in ("uncond", "uncond-w1"):  # the recipe's autoguidance (when the model kept a guide), or none
         d = ldm.defaults
-        return {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": 1.0, "uncond": True}
+        w = ldm.autoguidance(None) if name == "uncond" else 1.0
+        return {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": w, "uncond": True}
     if name.startswith("uncond-"):  # uncond-SAMPLER-STEPS[-ETA]: the unconditional model with another sampler
         return {**parse_setting(name[len("uncond-"):], ldm), "guidance": 1.0, "uncond": True}
     m = re.fullmatch(r"(ddim|ddpm|dpmpp-2m)-(\d+)(?:-([\d.]+))?(?:-w([\d.]+))?", name)

@@ -19,7 +19,8 @@ Conventions, in one place:
   min(SNR(t), γ) / (SNR(t) + 1) for v, where SNR(t) = ᾱ_t / (1 − ᾱ_t).
 - Samplers take any ``model_fn(x_t, t) -> prediction`` with t a LongTensor [B]; conditioning is
   closed over by the caller, and classifier-free guidance (Ho & Salimans 2022, eq. 6) is just
-  such a model_fn (``guided``).
+  such a model_fn (``guided``), as is autoguidance (Karras et al. 2024) for samples without a
+  condition (``autoguided``).
 - DDPM (DDPM eq. 6-7): x_{t−1} ~ q(x_{t−1} | x_t, x̂_0) = N(μ̃_t, β̃_t I) with
       μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) x_t,
       β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) β_t,
@@ -431,6 +432,28 @@ def guided(net: Callable, y: torch.Tensor, w: float, null_class: int) -> ModelFn
         both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, ...)
         cond, uncond = both.chunk(2)  # (B, ...) each
         return uncond + w * (cond - uncond)
+
+    return model_fn
+
+
+def autoguided(net: ModelFn, guide: ModelFn, w: float) -> ModelFn:
+    """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself",
+    eq. 2) as a model_fn:
+
+        out = out_guide + w (out − out_guide),
+
+    classifier-free guidance's form with the unconditional model replaced by ``guide``, a weaker
+    version of the same model (in vd: its own averaged weights early in training). It needs no
+    condition, so it is the guidance an unconditional sample can have: where the good model has
+    learned more than the bad one (sharper digits, fewer scribbles) the difference is amplified.
+    w = 1 is ``net`` alone, w = 0 the guide alone.
+    """
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if w == 1.0:
+            return net(x, t)
+        out, bad = net(x, t), guide(x, t)
+        return bad + w * (out - bad)
 
     return model_fn
 

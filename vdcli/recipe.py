@@ -82,6 +82,9 @@ class VAETrainConfig(TrainConfig):
 
 class LDMTrainConfig(TrainConfig):
     cond_drop_prob: float = Field(0.1, ge=0, le=1)  # labels dropped to the null class, for guidance
+    # Autoguidance's bad model (Karras et al. 2024): the averaged weights at this fraction of the
+    # steps, kept in the checkpoint as "guide"; unconditional samples are guided away from it.
+    guide_at: float | None = Field(None, gt=0, lt=1)
 
 
 class CLIPTrainConfig(TrainConfig):
@@ -95,7 +98,8 @@ class SampleConfig(Section):
     sampler: Literal["ddim", "ddpm", "dpmpp-2m"] = "ddim"
     steps: int = Field(50, gt=0)
     eta: float = Field(0.0, ge=0)  # DDIM only
-    guidance: float = Field(3.0, ge=0)  # 1 = off
+    guidance: float = Field(3.0, ge=0)  # classifier-free guidance of a class or prompt; 1 = off
+    autoguidance: float = Field(1.0, ge=0)  # w of unconditional samples against train.guide_at's weights; 1 = off
     prompts: list[str] | None = None  # a text model's rows in the training grids (default: the class names)
 
 

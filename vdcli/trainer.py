@@ -165,13 +165,17 @@ def fit(
     resume: bool = False,
     quiet: bool = False,
     stop: StopFlag | None = None,
+    snapshots: dict[str, int] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` for cfg.steps steps; checkpoint as ``kind`` with ``meta``.
 
     loss_fn(model, batch) -> (loss, logs), batch being the rows of each tensor in ``data``
     for one step, moved to ``device``. evaluate(model, step) -> metrics runs on the EMA model
     when there is one. ``extra`` modules (an LDM's frozen VAE) are saved in the checkpoint too.
+    ``snapshots`` names ``extra`` modules that take a copy of the evaluated weights (the EMA's when
+    there is one) after a given step, e.g. {"guide": 1000}; a run resumed later reads them back.
     """
+    snapshots = snapshots or {}
     use_deterministic_algorithms(cfg.deterministic)
     model.to(device)
     rank, world = distributed.rank(), distributed.world_size()
@@ -197,6 +201,9 @@ def fit(
         if ema:
             ema.model.load_state_dict(ckpt.weights("ema"))
         start = ckpt.meta["step"]
+        for name, at in snapshots.items():
+            if start >= at:
+                extra[name].load_state_dict(ckpt.weights(name))
         load_train_state(run.checkpoint, optimizer, start)
         _truncate_metrics(run, start)
     if start >= cfg.steps:
@@ -236,6 +243,9 @@ def fit(
             optimizer.step()
             if ema:
                 ema.update(model, step)
+            for name, at in snapshots.items():
+                if step == at:
+                    extra[name].load_state_dict((ema.model if ema else model).state_dict())
             if world == 1:
                 loss_value, stopping = loss.item(), stop.requested
             else:  # one collective a step: the whole batch's loss, and whether any rank was asked to stop

@@ -76,7 +76,7 @@ class ControlledLDM:
 
         hint = hint.float() / 255.0
         hint = (hint[None] if hint.dim() == 3 else hint).to(self.ldm.device)  # (1 or B, 1, H, W)
-        return replace(self.ldm, denoiser=Controlled(self.ldm.denoiser, self.controlnet, hint, scale))
+        return replace(self.ldm, denoiser=Controlled(self.ldm.denoiser, self.controlnet, hint, scale), guide=None)  # the guide sees no map
 
 
 def load_controlled(ckpt: Checkpoint, device: torch.device) -> ControlledLDM:

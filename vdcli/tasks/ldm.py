@@ -26,7 +26,8 @@ from vdcli import images
 from vdcli.checkpoint import Checkpoint
 from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
 from vdcli.errors import VdError
-from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, strength_start
+from vdcli.diffusion import (DiffusionConfig, NoiseSchedule, add_noise, autoguided, ddim_invert, diffusion_loss, guided, sample, slerp,
+                             strength_start)
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, LatentNorm
@@ -61,7 +62,9 @@ class LDM:
 
     ``conditioning`` is "class" (the denoiser takes labels, ``null_class`` among them), "none", or
     "text" (the denoiser reads prompts through ``text``, the frozen CLIP text encoder; the empty
-    prompt is the unconditional model).
+    prompt is the unconditional model). ``guide``, when the recipe kept one (``train.guide_at``),
+    is the denoiser's own averaged weights early in training: unconditional samples are guided
+    away from it (autoguidance), as conditional ones are guided away from the unconditional model.
     """
 
     denoiser: nn.Module
@@ -73,6 +76,7 @@ class LDM:
     defaults: SampleConfig
     conditioning: str = "class"
     text: object | None = None  # a text model's tasks.clip.TextEncoder
+    guide: nn.Module | None = None  # autoguidance's bad model: the same network, earlier weights
 
     @property
     def null_class(self) -> int:
@@ -85,12 +89,39 @@ class LDM:
     def model_fn(self, condition: Condition, guidance: float = 1.0, negative: list[str] | None = None):
         """The sampler's model_fn for one condition per image: labels [B] (guided for a class model;
         an unconditional model ignores them, they only count the images) or, for a text model,
-        prompts (guided against ``negative`` prompts, the empty prompt by default)."""
+        prompts (guided against ``negative`` prompts, the empty prompt by default). A batch with no
+        condition at all is autoguided against ``guide`` when there is one."""
+        if self.guide is not None and guidance != 1.0 and self.unconditional(condition, negative):
+            return autoguided(self.plain(self.denoiser, condition), self.plain(self.guide, condition), guidance)
         if self.conditioning == "none":
-            return lambda x, t: self.denoiser(x, t)
+            return self.plain(self.denoiser, condition)
         if self.conditioning == "text":
             return self.prompt_guided(list(condition), guidance, negative)
         return guided(self.denoiser, condition.to(self.device), guidance, self.null_class)
+
+    def unconditional(self, condition: Condition, negative: list[str] | None = None) -> bool:
+        """Whether every image of a batch is asked for without a condition."""
+        if self.conditioning == "none":
+            return True
+        if self.conditioning == "text":
+            return negative is None and all(p == "" for p in condition)
+        return bool((torch.as_tensor(condition) == self.null_class).all())
+
+    def plain(self, net: nn.Module, condition: Condition):
+        """``net`` (the denoiser or the guide) as a model_fn for one condition per image, unguided."""
+        if self.conditioning == "none":
+            return lambda x, t: net(x, t)
+        if self.conditioning == "text":
+            states, pooled, mask = (v.to(self.device) for v in self.text.encode(list(condition)))
+            return lambda x, t: net(x, t, context=states, context_mask=mask, pooled=pooled)
+        y = condition.to(self.device)
+        return lambda x, t: net(x, t, y)
+
+    def autoguidance(self, guidance: float | None) -> float:
+        """w for an unconditional sample: --guidance, else the recipe's; 1 (off) without a guide."""
+        if self.guide is None:
+            return 1.0
+        return self.defaults.autoguidance if guidance is None else guidance
 
     def prompt_guided(self, prompts: list[str], w: float, negative: list[str] | None = None):
         """Classifier-free guidance on prompts (Ho & Salimans 2022, eq. 6), in one batched call:
@@ -143,9 +174,14 @@ def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
         from vdcli.tasks.clip import load_text_encoder
 
         text = load_text_encoder(ckpt, device, prefix="clip")
+    guide = None
+    if ckpt.has("guide") and meta["step"] >= meta["guide_step"]:  # before that step it holds initial weights
+        guide = build_denoiser(meta)
+        guide.load_state_dict(ckpt.weights("guide"))
+        guide = guide.to(device).eval().requires_grad_(False)
     return LDM(denoiser.to(device).eval().requires_grad_(False), vae, norm.to(device),
                NoiseSchedule.from_config(DiffusionConfig(**meta["diffusion"])), meta["data"]["classes"],
-               tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"), text)
+               tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"), text, guide)
 
 
 # --- vd sample --------------------------------------------------------------------------------
@@ -227,8 +263,9 @@ def condition(ldm: LDM, spec: str | None, guidance: float | None, single: bool =
               negative: str | None = None) -> tuple[list, list[str], float]:
     """(labels, their names, guidance w) for a --class option: '7', 'seven', '3,7', 'all' or 'none'.
 
-    'none' is the null class, sampled without guidance; otherwise w defaults to the recipe's. No
-    option means 'all' for a class model; an unconditional model (conditioning: none) takes none.
+    'none' is the null class, autoguided when the model kept a guide (w: ``LDM.autoguidance``);
+    otherwise w defaults to the recipe's. No option means 'all' for a class model; an
+    unconditional model (conditioning: none) takes none.
     """
     if ldm.conditioning == "text" or prompts or negative is not None:  # --class 7 on a text model is the prompt "7"
         prompts, names, w = condition_prompts(ldm, prompts, spec, guidance, negative)
@@ -238,10 +275,10 @@ def condition(ldm: LDM, spec: str | None, guidance: float | None, single: bool =
     if ldm.conditioning == "none":
         if spec is not None and spec.strip().lower() != "none":
             raise VdError(f"--class {spec}: this model was trained without classes (conditioning: none); leave --class out")
-        return [ldm.null_class], ["unconditional"], 1.0
+        return [ldm.null_class], ["unconditional"], ldm.autoguidance(guidance)
     spec = "all" if spec is None else spec
     if spec.strip().lower() == "none":
-        return [ldm.null_class], ["unconditional"], 1.0
+        return [ldm.null_class], ["unconditional"], ldm.autoguidance(guidance)
     labels = parse_classes(spec, ldm.classes)
     if single and len(labels) > 1:
         raise VdError(f"--class {spec}: give one class here")
@@ -253,7 +290,7 @@ def condition_prompts(ldm: LDM, prompts: list[str] | None, spec: str | None, gui
     """(prompts, their row names, guidance w) for --prompt / --class on a text model.
 
     --class items become prompts as typed ('7', 'seven'; 'all': every class name; 'none': the empty
-    prompt, without guidance); a class model asked for prompts is a one-line error.
+    prompt, autoguided when there is a guide); a class model asked for prompts is a one-line error.
     """
     if ldm.conditioning != "text":
         if prompts or negative is not None:
@@ -268,7 +305,7 @@ def condition_prompts(ldm: LDM, prompts: list[str] | None, spec: str | None, gui
         return list(prompts), [p or "unconditional" for p in prompts], w
     spec = "all" if spec is None else spec
     if spec.strip().lower() == "none":
-        return [""], ["unconditional"], 1.0
+        return [""], ["unconditional"], ldm.autoguidance(guidance)
     if spec.strip().lower() == "all":
         return list(ldm.classes), list(ldm.classes), w
     parse_classes(spec, ldm.classes)  # a typo is still an error that names the nearest class
@@ -481,6 +518,11 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
     schedule = NoiseSchedule.from_config(recipe.diffusion)
     null = len(spec["classes"])
     cfg = recipe.train
+    guide, snapshots = None, {}
+    if cfg.guide_at:  # autoguidance's bad model: the EMA weights at this step, copied by the trainer
+        meta["guide_step"] = snapshots["guide"] = max(1, round(cfg.guide_at * cfg.steps))
+        with seeded_init(cfg.seed, "guide"):  # its initial weights are overwritten; this keeps the global RNG as it was
+            extra["guide"] = guide = build_denoiser(meta).requires_grad_(False)
 
     def loss_fn(model: nn.Module, batch):
         mean, logvar, y = batch
@@ -499,22 +541,25 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         return diffusion_loss(lambda x, t: model(x, t, y), z, schedule, recipe.diffusion.min_snr_gamma), {}
 
     # One row per class (at most ten) and a last row from the null label, the unconditional model
-    # that guidance extrapolates from; an unconditional model fills all eight rows.
+    # that guidance extrapolates from (autoguided once there is a guide); an unconditional model
+    # fills all eight rows.
     if recipe.conditioning == "none":
-        shown, names = [null] * 8, ["unconditional"] + [""] * 7
+        shown, unconditional, names = [], [null] * 8, ["unconditional"] + [""] * 7
     elif text_model:  # the recipe's fixed prompts (default: the class names), then the empty prompt
-        shown = list(recipe.sample.prompts or spec["classes"][:10]) + [""]
-        names = shown[:-1] + ["unconditional"]
+        shown, unconditional = list(recipe.sample.prompts or spec["classes"][:10]), [""]
+        names = shown + ["unconditional"]
     else:
-        shown = list(range(min(null, 10))) + [null]
-        names = [spec["classes"][c] for c in shown[:-1]] + ["unconditional"]
+        shown, unconditional = list(range(min(null, 10))), [null]
+        names = [spec["classes"][c] for c in shown] + ["unconditional"]
 
     def evaluate(model: nn.Module, step: int) -> dict:
         t0 = time.perf_counter()
-        ldm = LDM(model, vae, norm, schedule, spec["classes"], vae.latent_shape, recipe.sample, recipe.conditioning, text)
-        samples, _ = class_grid(ldm, shown, 8, seed=0, sampler=recipe.sample.sampler, steps=recipe.sample.steps,
-                                eta=recipe.sample.eta, guidance=recipe.sample.guidance)
-        save_class_grid(samples, names, 8, run.dir / f"samples_{step:06d}.png")
+        ldm = LDM(model, vae, norm, schedule, spec["classes"], vae.latent_shape, recipe.sample, recipe.conditioning, text,
+                  guide if guide is not None and step >= meta["guide_step"] else None)
+        options = dict(sampler=recipe.sample.sampler, steps=recipe.sample.steps, eta=recipe.sample.eta)
+        rows = [class_grid(ldm, shown, 8, seed=0, guidance=recipe.sample.guidance, **options)[0]] if shown else []
+        rows.append(class_grid(ldm, unconditional, 8, seed=0, guidance=ldm.autoguidance(None), **options)[0])
+        save_class_grid(torch.cat(rows), names, 8, run.dir / f"samples_{step:06d}.png")
         return {"sample_seconds": time.perf_counter() - t0}
 
     pictures = [run.dir / "forward_process.png", run.dir / "schedule.png"]
@@ -524,7 +569,7 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         write_diffusion_pictures(test_set.images[0], schedule, recipe.diffusion.schedule, VAECodec(vae, norm=norm), run.dir)
 
     result = fit(model, loss_fn, data, cfg, run, kind="ldm", meta=meta, device=device,
-                 seed=cfg.seed, evaluate=evaluate, extra=extra, resume=resume, quiet=quiet)
+                 seed=cfg.seed, evaluate=evaluate, extra=extra, resume=resume, quiet=quiet, snapshots=snapshots)
     grids = sorted(run.dir.glob("samples_*.png"))
     files = [run.checkpoint, run.dir / "loss.png", *grids[-1:], *pictures]
     return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files, recipe.conditioning)
