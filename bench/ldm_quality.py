@@ -4,8 +4,9 @@
         --settings ddim-50-0,ddim-50-0.5,dpmpp-2m-20,uncond --per-class 100
 
 A setting is SAMPLER-STEPS[-ETA][-wGUIDANCE], e.g. ddim-50-0 (DDIM, 50 steps, η = 0, the recipe's
-guidance), ddim-50-0.5-w1, dpmpp-2m-20, ddpm-1000; or ``uncond`` (the null label, w = 1, with the
-recipe's sampler: the unconditional model). Each draws ``per_class`` images of every digit (for
+guidance), ddim-50-0.5-w1, dpmpp-2m-20, ddpm-1000; or ``uncond`` (the null label with the
+recipe's sampler and its autoguidance, when the model kept a guide), ``uncond-w1`` (the same
+without any guidance: the unconditional model alone). Each draws ``per_class`` images of every digit (for
 uncond: 10 × per_class images) from a fixed seed, in batches of 500, and reports
 - agreement: the fraction the judge classifies as the asked digit (not for uncond);
 - confident: the fraction classified with probability ≥ 0.9, whatever the class;
