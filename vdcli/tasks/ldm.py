@@ -24,6 +24,7 @@ from torch import nn
 from vdcli import images
 from vdcli.checkpoint import Checkpoint
 from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
+from vdcli.device import prepare
 from vdcli.errors import VdError
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, sample, slerp, strength_start
 from vdcli.models.dit import DiT, DiTConfig
@@ -141,7 +142,7 @@ def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
         from vdcli.tasks.clip import load_text_encoder
 
         text = load_text_encoder(ckpt, device, prefix="clip")
-    return LDM(denoiser.to(device).eval().requires_grad_(False), vae, norm.to(device),
+    return LDM(prepare(denoiser, device).eval().requires_grad_(False), vae, norm.to(device),
                NoiseSchedule.from_config(DiffusionConfig(**meta["diffusion"])), meta["data"]["classes"],
                tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"), text)
 
