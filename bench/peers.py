@@ -17,8 +17,9 @@ Cases, each at the size of a shipped recipe and with the same batch for both sid
 
 Both sides get the same step function and the same data; only the networks (and, for sampling,
 the scheduler) differ. Every round times vd and the peer back to back, alternating which goes
-first, so that the other jobs on this shared machine slow both alike; the figures are medians
-over the rounds, and the ratio is peer time / vd time (above 1: vd is faster). The FLOP/s
+first (training: one step each; sampling: the two loops advanced a step of each in turn), so
+that the other jobs on this shared machine slow both alike. Times are medians over the rounds;
+the ratio is the median over the rounds of peer time / vd time (above 1: vd is faster). The FLOP/s
 columns count the matmul, convolution and attention FLOPs of each side's own work
 (``torch.utils.flop_counter``) per second, as a fraction of the fp32 matmul peak measured at the
 start of the same run. Rows are appended to bench/results.jsonl.
@@ -174,14 +175,41 @@ def unet_sample_case(compile: bool):
         return sample(guided(vd_net, y, w, 10), noise, schedule, "ddim", steps)
 
     @torch.no_grad()
-    def peer_sample():  # the loop of diffusers' pipelines, with guidance batched as vd's
+    def peer_steps():  # the loop of diffusers' pipelines, with guidance batched as vd's; yields after each step
         ddim.set_timesteps(steps)
         x, labels = noise, torch.cat([y, torch.full_like(y, 10)])
         for t in ddim.timesteps:
             cond, uncond = peer(torch.cat([x, x]), t, class_labels=labels).sample.chunk(2)
             x = ddim.step(uncond + w * (cond - uncond), t, x).prev_sample
+            yield x
+
+    def peer_sample():
+        for x in peer_steps():
+            pass
         return x
 
+    def paired() -> tuple[float, float]:
+        """Both samplers at once, a step of one, then a step of the other: (vd seconds, peer seconds).
+
+        The machine's other jobs come and go over seconds; interleaving at the step (about 0.5 s)
+        rather than at the whole run (about 30 s) lets both see the same load.
+        """
+        peer_run, spent, mark = peer_steps(), {"vd": 0.0, "peer": 0.0}, [time.perf_counter()]
+        model_fn = guided(vd_net, y, w, 10)
+
+        def interleaved(x, t):  # vd's model_fn: first one step of the peer, then vd's own network call
+            now = time.perf_counter()
+            spent["vd"] += now - mark[0]  # vd's previous update and everything since
+            next(peer_run)
+            mark[0] = time.perf_counter()
+            spent["peer"] += mark[0] - now
+            return model_fn(x, t)
+
+        sample(interleaved, noise, schedule, "ddim", steps)
+        spent["vd"] += time.perf_counter() - mark[0]
+        return spent["vd"], spent["peer"]
+
+    vd_sample.paired = paired
     return vd, vd_sample, peer, peer_sample, 1
 
 
@@ -227,16 +255,22 @@ def main() -> None:
         vd, vd_fn, peer, peer_fn, reps = CASES[name](args.compile)
         first = _time(vd_fn)  # the warm-up, and with --compile the compile: what a user running once pays too
         peer_fn()
-        vd_flops, peer_flops = flops(vd_fn) / reps, flops(peer_fn) / reps
+        vd_flops, peer_flops = flops(vd_fn), flops(peer_fn)  # one step (training) or one whole sampling run
         times = {"vd": [], "peer": []}
-        for r in range(args.rounds):
-            order = [("vd", vd_fn), ("peer", peer_fn)]
-            for who, fn in order if r % 2 == 0 else order[::-1]:
-                times[who].append(_time(fn, reps))
+        if hasattr(vd_fn, "paired"):  # sampling: interleaved step by step within each round
+            for _ in range(args.rounds):
+                for who, seconds in zip(("vd", "peer"), vd_fn.paired()):
+                    times[who].append(seconds)
+        else:  # training: one step of each, alternating which goes first, reps times per round
+            for r in range(args.rounds * reps):
+                order = [("vd", vd_fn), ("peer", peer_fn)]
+                for who, fn in order if r % 2 == 0 else order[::-1]:
+                    times[who].append(_time(fn))
         vd_s, peer_s = statistics.median(times["vd"]), statistics.median(times["peer"])
+        ratio = statistics.median(p / v for v, p in zip(times["vd"], times["peer"]))  # of the back-to-back pairs
         row = {"bench": "peers", "tag": args.tag, "case": name, "compile": args.compile,
                "params_vd": params(vd), "params_peer": params(peer), "vd_ms": round(vd_s * 1e3, 1),
-               "peer_ms": round(peer_s * 1e3, 1), "ratio": round(peer_s / vd_s, 3),
+               "peer_ms": round(peer_s * 1e3, 1), "ratio": round(ratio, 3),
                "vd_flops_fraction": round(vd_flops / vd_s / peak, 4), "peer_flops_fraction": round(peer_flops / peer_s / peak, 4),
                "vd_first_call_s": round(first, 1), "matmul_peak_gflops": round(peak / 1e9, 1), "rounds": args.rounds,
                "vd_ms_all": [round(t * 1e3, 1) for t in times["vd"]], "peer_ms_all": [round(t * 1e3, 1) for t in times["peer"]],
