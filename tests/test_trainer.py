@@ -189,3 +189,26 @@ def test_a_process_killed_while_writing_a_checkpoint_resumes_from_the_previous_o
     straight = load_checkpoint(tmp_path / "b" / "k" / "latest" / "checkpoint.safetensors")
     assert resumed.meta["step"] == straight.meta["step"] == 30
     assert all(torch.equal(resumed.tensors[k], straight.tensors[k]) for k in straight.tensors)
+
+
+def test_train_compile_is_accepted_on_the_cpu_and_saves_plain_keys(tmp_path):
+    model, result = train(tmp_path, "c", steps=6, compile=True)
+    keys = load_checkpoint(result.run.checkpoint).weights("model").keys()
+    assert set(keys) == set(make_model().state_dict()) and not any("_orig_mod" in k for k in keys)
+    assert result.loss == result.loss  # a finite loss was read at the last step
+
+
+def test_a_nan_loss_stops_the_run_by_the_next_logging_step_and_saves_no_checkpoint(tmp_path):
+    calls = [0]
+
+    def nan_at_step_3(model, batch):
+        calls[0] += 1
+        loss, logs = loss_fn(model, batch)
+        return (loss * float("nan") if calls[0] == 3 else loss), logs
+
+    cfg = TrainConfig(steps=20, batch_size=16, lr=1e-2, warmup_steps=3, log_every=5, checkpoint_every=5)
+    run = new_run(tmp_path / "runs", "nan")
+    with pytest.raises(VdError, match="the loss became nan at step 3; lower train.lr"):
+        fit(make_model(), nan_at_step_3, problem(), cfg, run, kind="vit", meta={}, device=CPU, quiet=True)
+    assert calls[0] <= 5  # found at step 5, the first logging step, at the latest
+    assert not run.checkpoint.exists()

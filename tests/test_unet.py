@@ -111,3 +111,17 @@ def test_heads_must_divide_the_width_of_every_attended_level():
 def test_an_input_too_small_for_the_levels_is_rejected():
     with pytest.raises(ValueError, match="cannot be halved 2 times"):
         UNet(small(channel_mult=[1, 2, 2]), 6, 4, NUM_CLASSES)
+
+
+def test_channels_last_computes_the_same_function():
+    """What device.prepare does to a conv net on CUDA, checked where the tests run: the CPU."""
+    from vdcli.device import channels_last
+
+    model = perturbed(UNet(small(attention_levels=[0, 1]), 8, 4, NUM_CLASSES))
+    x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999]), torch.tensor([1, 2, NUM_CLASSES])
+    expected = model(x, t, y)
+    keys = list(model.state_dict())
+    out = channels_last(model)(x.contiguous(memory_format=torch.channels_last), t, y)
+    assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert list(model.state_dict()) == keys
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)

@@ -110,7 +110,7 @@ class NoiseSchedule:
         """
         t = torch.as_tensor(t).reshape(-1).long().cpu()
         a = torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], 1.0)  # (B,)
-        return a if like is None else _per_sample(a, like)
+        return a if like is None else _shaped(a, like)
 
     def snr(self, t: torch.Tensor | int) -> torch.Tensor:
         """SNR(t) = ᾱ_t / (1 − ᾱ_t), float64 (B,) on the CPU."""
@@ -127,8 +127,19 @@ def _working_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
-def _per_sample(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A float64 coefficient, (B,) or (1,), as (B, 1, …, 1) on like's device in its working precision."""
+def _per_sample(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor | float:
+    """A float64 coefficient, (B,) or (1,), as (B, 1, …, 1) on like's device in its working precision.
+
+    One coefficient for the whole batch (a sampler's step) on a float32/float64 ``like`` is
+    returned as a Python number instead, which the multiplication rounds to like's precision just
+    the same: no host-to-device copy, which on CUDA would wait for the queued work at every step.
+    """
+    if c.numel() == 1 and _working_dtype(like) == like.dtype:
+        return c.item()  # a CPU tensor: no sync
+    return _shaped(c, like)
+
+
+def _shaped(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return c.to(like.device, _working_dtype(like)).view(-1, *([1] * (like.ndim - 1)))
 
 

@@ -61,6 +61,7 @@ class TrainConfig(Section):
     steps: int = Field(2000, gt=0)
     seed: int = Field(0, ge=0, lt=2**32)  # initial weights, batch order and every random draw of step s depend on (seed, s) only
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable on CUDA too, slower
+    compile: bool = False  # torch.compile the network the loss runs through; pays a compile of minutes first (bench/RESULTS.md)
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)

@@ -6,6 +6,11 @@ the rest: AdamW with linear warm-up and cosine decay, gradient clipping, optiona
 weights, bf16 autocast on CUDA, periodic evaluation and atomic checkpoints, ``metrics.jsonl``, a
 loss curve, and Ctrl-C/SIGTERM that save before exiting.
 
+Speed: the loss stays on the device between logging steps (``LossWatch``); reading it is a host
+sync that would stall a GPU every step. It is read, and checked for NaN/inf, on the steps that
+log, evaluate or checkpoint, and before a stop saves, so no checkpoint is written from a
+diverged model. ``train.compile`` runs the loss through ``torch.compile``d network.
+
 Reproducibility: a network's initial weights are drawn inside ``seeded_init(seed, stage)``, from
 (seed, stage) alone; the batch order of epoch e is a permutation seeded by (seed, e); and the
 global RNG is reseeded from (seed, step) before every step. So two fresh runs with one seed start
@@ -33,7 +38,7 @@ from torch import nn
 
 from vdcli import distributed
 from vdcli.checkpoint import load_checkpoint, load_train_state, save_resumable
-from vdcli.device import autocast
+from vdcli.device import autocast, prepare
 from vdcli.errors import VdError
 from vdcli.images import loss_curve
 from vdcli.progress import Reporter, format_metrics
@@ -126,6 +131,32 @@ class BatchOrder:
         return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
 
 
+class LossWatch:
+    """The training loss, kept on the device until a step that reads it.
+
+    ``add`` costs no host sync: it keeps the step's loss and, in a tensor, the first step whose
+    loss was not finite. ``read`` syncs once and returns (the latest loss, the first non-finite
+    step or 0, that step's loss).
+    """
+
+    def __init__(self):
+        self.loss: torch.Tensor | None = None
+        self.bad_step: torch.Tensor | None = None
+        self.bad_loss: torch.Tensor | None = None
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        self.loss = loss.detach().float()
+        if self.bad_step is None:
+            self.bad_step, self.bad_loss = torch.zeros_like(self.loss), torch.zeros_like(self.loss)
+        first = (self.bad_step == 0) & ~torch.isfinite(self.loss)
+        self.bad_step = torch.where(first, float(step), self.bad_step)  # float32 holds steps exactly up to 2^24
+        self.bad_loss = torch.where(first, self.loss, self.bad_loss)
+
+    def read(self) -> tuple[float, int, float]:
+        loss, bad_step, bad_loss = torch.stack([self.loss, self.bad_step, self.bad_loss]).tolist()  # the one sync
+        return loss, int(bad_step), bad_loss
+
+
 class StopFlag:
     """The first Ctrl-C/SIGTERM asks the loop to save and stop; a second one stops at once."""
 
@@ -177,7 +208,7 @@ def fit(
     """
     snapshots = snapshots or {}
     use_deterministic_algorithms(cfg.deterministic)
-    model.to(device)
+    prepare(model, device)
     rank, world = distributed.rank(), distributed.world_size()
     net = model  # what loss_fn calls: under torchrun, the DDP wrapper that averages gradients over the ranks
     if world > 1:
@@ -186,6 +217,8 @@ def fit(
                           f"use a multiple of {world}")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         quiet = quiet or rank > 0
+    if cfg.compile:  # the wrapper only runs the loss; ``model`` is what is saved, so no ``_orig_mod.`` in the keys
+        net = torch.compile(net)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -212,6 +245,7 @@ def fit(
     order = BatchOrder(len(data[0]), cfg.batch_size, seed)
     metrics: dict[str, float] = {}
     loss_value = float("nan")
+    watch = LossWatch()
     stop = stop or StopFlag()
 
     def save(step: int) -> None:
@@ -223,7 +257,7 @@ def fit(
     t0 = time.perf_counter()
     with stop, Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
             open(run.metrics if rank == 0 else os.devnull, "a") as log:
-        step = start
+        step = read_from = start
         for step in range(start + 1, cfg.steps + 1):  # step = number of optimizer updates done after this one
             torch.manual_seed(seed * 1_000_003 + step + rank * 1_000_000_007)  # rank 0 draws what one process draws
             rows = order(step - 1)[rank::world]  # this rank's share of the global batch
@@ -234,8 +268,6 @@ def fit(
             model.train()
             with autocast(device):
                 loss, logs = loss_fn(net, batch)
-            if not torch.isfinite(loss):
-                raise VdError(f"the loss became {loss.item()} at step {step}; lower train.lr (now {cfg.lr:g}) or raise train.warmup_steps")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -246,16 +278,21 @@ def fit(
             for name, at in snapshots.items():
                 if step == at:
                     extra[name].load_state_dict((ema.model if ema else model).state_dict())
-            if world == 1:
-                loss_value, stopping = loss.item(), stop.requested
-            else:  # one collective a step: the whole batch's loss, and whether any rank was asked to stop
-                both = distributed.mean(torch.stack([loss.detach().float(), torch.tensor(float(stop.requested), device=loss.device)]))
-                loss_value, stopping = both[0].item(), bool(both[1] > 0)
+            watch.add(loss, step)
+            logging = step % cfg.log_every == 0 or step == cfg.steps
+            evaluating = step % cfg.eval_every == 0 or step == cfg.steps
+            saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            # One process stops at the step it was asked to; under torchrun the ranks agree on a stop
+            # at the next read (at most log_every steps on), so that they all save the same step.
+            stopping = world == 1 and stop.requested
+            if logging or evaluating or saving or stopping:  # a read before every save: no checkpoint of a diverged model
+                loss_value, stopping = _read_loss(watch, stop, world, read_from, step, cfg)
+                read_from = step + 1
             report.update(step, items=len(rows) * world, loss=loss_value)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **logs}) + "\n")
+            if logging:
+                log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **_floats(logs)}) + "\n")
                 log.flush()
-            if evaluate and rank == 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if evaluate and evaluating and rank == 0:
                 eval_model = ema.model if ema else model
                 eval_model.eval()
                 with torch.no_grad(), autocast(device):
@@ -263,7 +300,7 @@ def fit(
                 log.write(json.dumps({"step": step, "eval": metrics}) + "\n")
                 log.flush()
                 report.print(f"step {step}: {format_metrics(metrics)}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if saving:
                 save(step)
             if stopping and step < cfg.steps:  # at the last step the run is complete anyway; every rank stops together
                 save(step)
@@ -274,6 +311,28 @@ def fit(
     distributed.barrier()  # the checkpoint is on disk before any rank reads it back
     final = (ema.model if ema else model).eval()
     return TrainResult(run, final, step, time.perf_counter() - t0, loss_value, metrics)
+
+
+def _read_loss(watch: LossWatch, stop: StopFlag, world: int, since: int, step: int, cfg: TrainConfig) -> tuple[float, bool]:
+    """Read the loss (one host sync; under torchrun one collective, which also agrees on a stop) and
+    raise if it was not finite at any step since the last read. Returns (loss, stopping)."""
+    if world == 1:
+        loss_value, bad_step, bad_loss = watch.read()
+        stopping = stop.requested
+    else:  # the whole batch's loss, whether any rank saw a non-finite one, whether any rank was asked to stop
+        flags = torch.stack([watch.loss, (watch.bad_step > 0).float(), torch.tensor(float(stop.requested), device=watch.loss.device)])
+        loss_value, any_bad, any_stop = distributed.mean(flags).tolist()
+        bad_step, bad_loss, stopping = (step if any_bad > 0 else 0), float("nan"), any_stop > 0
+    if bad_step:
+        where = f"at step {bad_step}" if world == 1 else f"between steps {since} and {step}"
+        raise VdError(f"the loss became {bad_loss if world == 1 else 'nan or inf'} {where}; "
+                      f"lower train.lr (now {cfg.lr:g}) or raise train.warmup_steps")
+    return loss_value, stopping
+
+
+def _floats(logs: dict) -> dict:
+    """A loss_fn's logs may be tensors (no host sync each step): numbers for metrics.jsonl."""
+    return {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
 
 
 def _truncate_metrics(run: Run, step: int) -> None:

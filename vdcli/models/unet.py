@@ -89,7 +89,12 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, cout, H, W)
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # (B, cout, 1, 1) each
-        h = self.norm2(h) * (1 + scale) + shift  # 1 + scale: a zero scale leaves the features alone
+        # norm2(h) * (1 + scale) + shift, with 1 + scale so that a zero scale leaves the features
+        # alone; norm2's own affine is folded into the per-sample scale and shift, so the feature
+        # map is passed over twice (normalise, multiply-add) instead of four times.
+        gain = self.norm2.weight[:, None, None] * (1 + scale)  # (B, cout, 1, 1)
+        bias = torch.addcmul(shift, self.norm2.bias[:, None, None], 1 + scale)  # (B, cout, 1, 1)
+        h = torch.addcmul(bias, F.group_norm(h, self.norm2.num_groups, eps=self.norm2.eps), gain)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -106,10 +111,15 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W)  # (B, 3, nh, hs, HW)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # 3 x (B, nh, HW, hs)
-        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, HW, hs); fused kernels on GPU
-        return x + self.proj(y.transpose(-1, -2).reshape(B, C, H, W))  # heads side by side again
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        # The 1x1 convs are linear maps of each position's features, and computed as such on the
+        # tokens: q, k and v then come out with the head width contiguous, the layout the fused
+        # attention kernels need (strided ones fall back to the unfused math, on the CPU too).
+        qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)  # (B, HW, 3C)
+        q, k, v = qkv.view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, HW, hs)
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)  # heads side by side again
+        out = F.linear(y, self.proj.weight.flatten(1), self.proj.bias)  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)
 
 
 class CrossAttention(nn.Module):

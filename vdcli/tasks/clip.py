@@ -287,7 +287,7 @@ def train_stage(recipe: CLIPRecipe, train_set: ImageSet, test_set: ImageSet, run
         ids, mask = tokenize(captions)
         logits = model(x, ids.to(x.device), mask.to(x.device))  # (B, B)
         loss = clip_loss(logits, same_strings(captions).to(x.device))
-        return loss, {"temperature": 1.0 / model.scale().item()}
+        return loss, {"temperature": model.scale().detach().double().reciprocal()}  # read on logging steps only
 
     def evaluate(model: CLIP, step: int) -> dict:
         return scores(model, tokenizer, test_captioner, test_set, device, cfg.eval_images)

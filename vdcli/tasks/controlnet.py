@@ -27,6 +27,7 @@ from vdcli import images
 from vdcli.checkpoint import KINDS, Checkpoint, atomic_write, load_checkpoint, read_header
 from vdcli.controls import control_maps
 from vdcli.data import load_split
+from vdcli.device import prepare
 from vdcli.diffusion import diffusion_loss
 from vdcli.errors import VdError
 from vdcli.models.controlnet import ControlNet, Controlled
@@ -83,7 +84,7 @@ def load_controlled(ckpt: Checkpoint, device: torch.device) -> ControlledLDM:
     base = load_ldm(embedded_base(ckpt), device)
     net = build_controlnet(base.denoiser, ckpt.meta["base"])
     net.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
-    return ControlledLDM(base, net.to(device).eval().requires_grad_(False), ckpt.meta["control"], ckpt.meta["data"]["image_size"])
+    return ControlledLDM(base, prepare(net, device).eval().requires_grad_(False), ckpt.meta["control"], ckpt.meta["data"]["image_size"])
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch import nn
 from vdcli import images
 from vdcli.checkpoint import Checkpoint
 from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
+from vdcli.device import prepare
 from vdcli.errors import VdError
 from vdcli.diffusion import (DiffusionConfig, NoiseSchedule, add_noise, autoguided, ddim_invert, diffusion_loss, guided, sample, slerp,
                              strength_start)
@@ -178,8 +179,8 @@ def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
     if ckpt.has("guide") and meta["step"] >= meta["guide_step"]:  # before that step it holds initial weights
         guide = build_denoiser(meta)
         guide.load_state_dict(ckpt.weights("guide"))
-        guide = guide.to(device).eval().requires_grad_(False)
-    return LDM(denoiser.to(device).eval().requires_grad_(False), vae, norm.to(device),
+        guide = prepare(guide, device).eval().requires_grad_(False)
+    return LDM(prepare(denoiser, device).eval().requires_grad_(False), vae, norm.to(device),
                NoiseSchedule.from_config(DiffusionConfig(**meta["diffusion"])), meta["data"]["classes"],
                tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"), text, guide)
 

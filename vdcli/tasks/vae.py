@@ -16,6 +16,7 @@ import torch
 from vdcli import distributed, images
 from vdcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vdcli.data import ImageSet, data_spec, load_split, to_float, to_uint8
+from vdcli.device import prepare
 from vdcli.diffusion import slerp
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.recipe import VAERecipe
@@ -35,7 +36,7 @@ def load_vae(ckpt: Checkpoint, device: torch.device, prefix: str = "model") -> t
     meta = ckpt.meta if prefix == "model" else ckpt.meta["vae"]
     model = build_vae(meta)
     model.load_state_dict(ckpt.weights("ema" if prefix == "model" and ckpt.has("ema") else prefix))
-    return model.to(device).eval().requires_grad_(False), meta.get("scale_factor", 1.0)
+    return prepare(model, device).eval().requires_grad_(False), meta.get("scale_factor", 1.0)
 
 
 @torch.no_grad()
@@ -90,7 +91,7 @@ def train_stage(model_cfg, train_cfg, meta, train_set, test_set, run, *, device,
         x = to_float(batch[0])
         recon, mean, logvar = model(x)
         loss, parts = vae_loss(recon, x, mean, logvar, train_cfg.kl_weight)
-        return loss, {k: float(v) for k, v in parts.items()}
+        return loss, parts  # tensors: the trainer reads them only on the steps it logs
 
     def evaluate(model: AutoencoderKL, step: int) -> dict:
         mse, psnr = reconstruction_error(model, ImageSet(probe, test_set.labels[: len(probe)], test_set.classes), device)
