@@ -39,6 +39,26 @@ def latent_map(ldm_run: str, out: Path) -> None:
     draw(ldm.vae, test, out)
 
 
+def autoguidance(ldm_run: str, out: Path, n: int = 12) -> None:
+    """The same noises sampled unconditionally by the model alone (w = 1) and autoguided (the
+    recipe's w), two rows each: what `vd sample --class none` with and without --guidance 1 draws."""
+    import torch
+
+    from vdcli import images
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.ldm import generate, load_ldm
+
+    ldm = load_ldm(load_checkpoint(find_checkpoint(ldm_run, "ldm")[0], "ldm"), torch.device("cpu"))
+    d, w = ldm.defaults, ldm.autoguidance(None)
+    null = torch.full((2 * n,), ldm.null_class)
+    rows = [generate(ldm, null, sampler=d.sampler, steps=d.steps, guidance=g, generator=torch.Generator().manual_seed(0))[0]
+            for g in (1.0, w)]
+    picture = images.grid(torch.cat(rows), nrow=n)
+    print(f"unconditional samples of {ldm_run} at w = 1 and w = {w:g} -> {out}", flush=True)
+    images.save(images.with_row_labels(picture, ["alone (w = 1)", "", f"autoguided (w = {w:g})", ""], picture.height // 4), out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", default="bench/runs/mnist_latent/latest")
@@ -67,6 +87,7 @@ def main() -> None:
     shutil.copy(scratch / "diffuse" / "forward_process.png", DOCS / "forward_process.png")
     shutil.copy(scratch / "diffuse" / "schedule.png", DOCS / "schedule.png")
     latent_map(args.ldm, DOCS / "latent_map.png")  # what train-vae draws, for the LDM's own VAE
+    autoguidance(args.ldm, DOCS / "autoguidance.png")
     if args.text:
         vd("sample", "--checkpoint", args.text, "--prompt", "a bold seven", "--prompt", "a thin seven",
            "--prompt", "a 2 leaning left", "--prompt", "a 2 leaning right", "--prompt", "a small eight",

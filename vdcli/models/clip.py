@@ -12,11 +12,7 @@ Read top to bottom: ``TextConfig``, ``CLIPConfig``, ``CausalSelfAttention``, ``T
 - Both embeddings are L2-normalised; logits = exp(t) · I_e T_e^T with a learned temperature t,
   initialised to log(1 / 0.07) and clipped so that exp(t) ≤ 100 (sec. 2.5).
 - The loss is the symmetric cross-entropy of the paper's fig. 3: each image must pick its own
-  caption among the batch's, and each caption its image. Captions written from labels repeat
-  within a batch ("7" fits a tenth of MNIST), and the plain loss would then ask the text tower
-  to tell two identical strings apart; so pairs whose captions are the same string are all
-  positives, each image's target spread evenly over them (the label-aware targets of UniCL,
-  Yang et al. 2022, eq. 2-3). With distinct captions this is exactly the paper's loss.
+  caption among the batch's, and each caption its image.
 """
 
 from __future__ import annotations
@@ -135,14 +131,7 @@ class CLIP(nn.Module):
         return self.scale() * self.encode_image(images) @ self.encode_text(ids, mask).T
 
 
-def clip_loss(logits: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
-    """The symmetric cross-entropy (fig. 3): (CE over captions per image + CE over images per caption) / 2.
-
-    ``same`` (bool [B, B], symmetric, true on the diagonal): pairs i, j whose captions are the same
-    string. Row i's target is then uniform over those j instead of one-hot at i.
-    """
-    if same is None:
-        target = torch.arange(len(logits), device=logits.device)
-    else:
-        target = same.float() / same.sum(1, keepdim=True)  # (B, B), rows sum to 1
+def clip_loss(logits: torch.Tensor) -> torch.Tensor:
+    """The symmetric cross-entropy (fig. 3): (CE over captions per image + CE over images per caption) / 2."""
+    target = torch.arange(len(logits), device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

@@ -126,13 +126,6 @@ def caption_source(ckpt: Checkpoint, data_cfg, train_set: ImageSet, data_root=No
     return Captioner(meta["captions"], train_set.images, train_set.labels, dataset_texts(data_cfg, "train", len(train_set)))
 
 
-def same_strings(texts: list[str]) -> torch.Tensor:
-    """bool [B, B]: texts i and j are the same string (the positives of ``clip_loss``)."""
-    index = {t: n for n, t in enumerate(dict.fromkeys(texts))}
-    ids = torch.tensor([index[t] for t in texts])
-    return ids[:, None] == ids[None, :]
-
-
 # --- scores -----------------------------------------------------------------------------------
 
 
@@ -283,10 +276,9 @@ def train_stage(recipe: CLIPRecipe, train_set: ImageSet, test_set: ImageSet, run
         if cfg.shift:
             x = random_shift(x, cfg.shift)
         g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))  # from the step's seeded RNG
-        captions = [captioner.caption(int(i), g) for i in index.tolist()]
-        ids, mask = tokenize(captions)
+        ids, mask = tokenize([captioner.caption(int(i), g) for i in index.tolist()])
         logits = model(x, ids.to(x.device), mask.to(x.device))  # (B, B)
-        loss = clip_loss(logits, same_strings(captions).to(x.device))
+        loss = clip_loss(logits)
         return loss, {"temperature": model.scale().detach().double().reciprocal()}  # read on logging steps only
 
     def evaluate(model: CLIP, step: int) -> dict:

@@ -1,0 +1,113 @@
+"""Which "bad version" should guide the unconditional model? The measurements behind train.guide_at.
+
+    # 1. train a recipe, keeping the EMA denoiser's weights at every evaluation (every 500 steps)
+    VD_DATA_ROOT=../shared/datasets python bench/autoguidance.py train recipes/mnist_latent.yaml --out bench/runs/snapshots
+    # 2. unconditional samples of the final model guided by each candidate, at each w
+    VD_DATA_ROOT=../shared/datasets python bench/autoguidance.py judge RUN --guides 500,1000,2000 --weights 1,2,3 --n 500
+
+A guide is a step (the run's ``snap_<step>.safetensors``) or another LDM run folder (e.g. a smaller
+denoiser trained on the same VAE). Each (guide, w) draws n unconditional samples with the
+recipe's sampler from one fixed seed, judged by bench/classifier.py as bench/ldm_quality.py does
+(confident: top probability >= 0.9; texture: < 0.5; the class histogram; FD against the MNIST
+test set), prints a JSON line and appends it to bench/results.jsonl.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from classifier import judge, load_judge
+from ldm_quality import frechet_distance
+from safetensors.torch import load_file, save_file
+
+from vdcli.checkpoint import load_checkpoint
+from vdcli.data import load_split
+from vdcli.diffusion import autoguided, sample
+from vdcli.recipe import DataConfig, load_recipe
+from vdcli.runs import find_checkpoint, new_run
+from vdcli.tasks import ldm as tasks_ldm
+
+HERE = Path(os.path.relpath(Path(__file__).parent))
+
+
+def train(recipe_path: str, out: str) -> None:
+    recipe = load_recipe(recipe_path, "ldm", ["train.eval_every=500"])
+    run = new_run(Path(out), Path(recipe_path).stem)
+    grid, save_grid, last = tasks_ldm.class_grid, tasks_ldm.save_class_grid, {}
+
+    def remembering(ldm, *args, **kwargs):  # every evaluation draws its grid with the EMA denoiser
+        last["ldm"] = ldm
+        return grid(ldm, *args, **kwargs)
+
+    def keeping(samples, names, per_class, out):  # once per evaluation: samples_<step>.png, and the weights
+        weights = {k: v.contiguous() for k, v in last["ldm"].denoiser.state_dict().items()}
+        save_file(weights, str(run.dir / f"snap_{int(Path(out).stem.split('_')[1]):06d}.safetensors"))
+        return save_grid(samples, names, per_class, out)
+
+    tasks_ldm.class_grid, tasks_ldm.save_class_grid = remembering, keeping
+    summary = tasks_ldm.train(recipe, run, device=torch.device("cpu"), data_root=os.environ.get("VD_DATA_ROOT"))
+    print(f"{run.dir}: {summary.steps} steps in {summary.seconds:.0f} s", flush=True)
+
+
+def judge_guides(run: str, guides: list[str], weights: list[float], n: int) -> None:
+    cpu = torch.device("cpu")
+    ckpt = load_checkpoint(find_checkpoint(run, "ldm")[0], "ldm")
+    ldm = tasks_ldm.load_ldm(ckpt, cpu)
+    model = load_judge()
+    torch.set_grad_enabled(False)
+    test = load_split(DataConfig(name="mnist", image_size=28), "test", os.environ.get("VD_DATA_ROOT"))
+    _, test_feats = judge(model, test.images)
+    null = torch.full((n,), ldm.null_class)
+    d = ldm.defaults
+    for name in guides:
+        if Path(name).is_dir():
+            bad = tasks_ldm.load_ldm(load_checkpoint(find_checkpoint(name, "ldm")[0], "ldm"), cpu).denoiser
+        else:
+            bad = tasks_ldm.build_denoiser(ckpt.meta).eval()
+            bad.load_state_dict(load_file(str(Path(run) / f"snap_{int(name):06d}.safetensors")))
+        for w in weights:
+            fn = autoguided(ldm.plain(ldm.denoiser, null[:500]), ldm.plain(bad, null[:500]), w)
+            g = torch.Generator().manual_seed(0)
+            t0 = time.perf_counter()
+            samples = []
+            for i in range(0, n, 500):
+                noise = torch.randn((min(500, n - i), *ldm.latent_shape), generator=g)
+                samples.append(ldm.decode(sample(fn, noise, ldm.schedule, d.sampler, d.steps, d.eta, generator=g)))
+            samples = torch.cat(samples)
+            ms = (time.perf_counter() - t0) / n * 1000
+            probs, feats = judge(model, samples)
+            top, pred = probs.max(1)
+            row = {"bench": "autoguidance", "ldm": run, "guide": name, "w": w, "sampler": f"{d.sampler}-{d.steps}", "images": n,
+                   "confident": round((top >= 0.9).float().mean().item(), 4), "texture": round((top < 0.5).float().mean().item(), 4),
+                   "histogram": [round(100 * v, 1) for v in (torch.bincount(pred, minlength=10).float() / n).tolist()],
+                   "frechet_distance": round(frechet_distance(feats, test_feats), 1), "ms_per_image": round(ms, 1),
+                   "date": time.strftime("%Y-%m-%d %H:%M")}
+            print(json.dumps(row), flush=True)
+            with open(HERE / "results.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("recipe")
+    t.add_argument("--out", default=str(HERE / "runs" / "snapshots"))
+    j = sub.add_parser("judge")
+    j.add_argument("run")
+    j.add_argument("--guides", default="500,1000,2000")
+    j.add_argument("--weights", default="1,2,3")
+    j.add_argument("--n", type=int, default=500)
+    args = parser.parse_args()
+    if args.what == "train":
+        train(args.recipe, args.out)
+    else:
+        judge_guides(args.run, args.guides.split(","), [float(w) for w in args.weights.split(",")], args.n)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
