@@ -5,8 +5,8 @@
 
 A setting is SAMPLER-STEPS[-ETA][-wGUIDANCE], e.g. ddim-50-0 (DDIM, 50 steps, η = 0, the recipe's
 guidance), ddim-50-0.5-w1, dpmpp-2m-20, ddpm-1000; or ``uncond`` (the null label with the
-recipe's sampler and its autoguidance, when the model kept a guide), ``uncond-w1`` (the same
-without any guidance: the unconditional model alone). Each draws ``per_class`` images of every digit (for
+recipe's sampler and its autoguidance, when the model kept a guide), ``uncond-w2`` (the same at
+w = 2), ``uncond-w1`` (the unconditional model alone). Each draws ``per_class`` images of every digit (for
 uncond: 10 × per_class images) from a fixed seed, in batches of 500, and reports
 - agreement: the fraction the judge classifies as the asked digit (not for uncond);
 - confident: the fraction classified with probability ≥ 0.9, whatever the class;
@@ -54,9 +54,10 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def parse_setting(name: str, ldm) -> dict:
-    if name in ("uncond", "uncond-w1"):  # the recipe's autoguidance (when the model kept a guide), or none
+    m = re.fullmatch(r"uncond(?:-w([\d.]+))?", name)
+    if m:  # the recipe's autoguidance (when the model kept a guide), or uncond-wW: autoguidance at W (1: none)
         d = ldm.defaults
-        w = ldm.autoguidance(None) if name == "uncond" else 1.0
+        w = ldm.autoguidance(None if m.group(1) is None else float(m.group(1)))
         return {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": w, "uncond": True}
     if name.startswith("uncond-"):  # uncond-SAMPLER-STEPS[-ETA]: the unconditional model with another sampler
         return {**parse_setting(name[len("uncond-"):], ldm), "guidance": 1.0, "uncond": True}
