@@ -71,7 +71,7 @@ def test_class_none_is_autoguided_when_the_recipe_kept_a_guide(tmp_path, monkeyp
     guided = generate(ldm, null, steps=4, guidance=2.5, generator=torch.Generator().manual_seed(0))[0]
     assert not torch.equal(plain, guided)
     out = ok("sample", "--checkpoint", "runs/g/latest", "--class", "none", "--n", "2", "--out", "s.png")
-    assert "guidance 2.5" in out
+    assert "autoguidance 2.5" in out
 
 
 def test_without_a_guide_class_none_stays_unguided(tmp_path, monkeypatch):

@@ -36,7 +36,7 @@ def sample_cmd(
     sampler: Annotated[Optional[str], typer.Option(help="ddim, dpmpp-2m (DPM-Solver++(2M): good in 10-20 steps) or ddpm (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the recipe's for DDIM and DPM-Solver++, all T for DDPM).", min=1)] = None,
     eta: Annotated[Optional[float], typer.Option(help="DDIM noise: 0 is deterministic, 1 is DDPM-like.", min=0.0)] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale w; 1 turns it off (default: the recipe's).", min=0.0)] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale w, 1 turns it off (default: the recipe's): classifier-free for a class or prompt; for unconditional samples, autoguidance against the model's early weights when its recipe kept them (train.guide_at).", min=0.0)] = None,
     class_: Annotated[Optional[str], typer.Option("--class", help="Class index or name, several as 3,7, 'all' (the default), or 'none' (unconditional). A model trained with conditioning: none takes no --class; on a text model --class 7 is the prompt '7'.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="A text model's prompt, e.g. 'a bold seven'; repeat for one row per prompt; '' is unconditional.")] = None,
     negative_prompt: Annotated[Optional[str], typer.Option("--negative-prompt", help="What guidance steers away from (text models; default: the empty prompt).")] = None,
@@ -109,7 +109,8 @@ def sample_cmd(
     if eta is not None and sampler != "ddim":
         raise VdError(f"--eta {eta:g}: only the ddim sampler takes eta ({sampler} is {'stochastic' if sampler == 'ddpm' else 'deterministic'} by construction)")
     eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 0.0)
-    how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, guidance {w:g}, seed {seed}"
+    kind = "autoguidance" if model.guide is not None and names == ["unconditional"] else "guidance"
+    how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, {kind} {w:g}, seed {seed}"
     if init is not None:
         spec = ckpt.meta["data"]
         pixels, what = load_input(init, spec["image_size"], spec["channels"], data_root)
