@@ -30,6 +30,7 @@ from vdcli.diffusion import autoguided, sample
 from vdcli.recipe import DataConfig, load_recipe
 from vdcli.runs import find_checkpoint, new_run
 from vdcli.tasks import ldm as tasks_ldm
+from vdcli.tasks import ldm_train
 
 HERE = Path(os.path.relpath(Path(__file__).parent))
 
@@ -37,7 +38,7 @@ HERE = Path(os.path.relpath(Path(__file__).parent))
 def train(recipe_path: str, out: str) -> None:
     recipe = load_recipe(recipe_path, "ldm", ["train.eval_every=500"])
     run = new_run(Path(out), Path(recipe_path).stem)
-    grid, save_grid, last = tasks_ldm.class_grid, tasks_ldm.save_class_grid, {}
+    grid, save_grid, last = ldm_train.class_grid, ldm_train.save_class_grid, {}
 
     def remembering(ldm, *args, **kwargs):  # every evaluation draws its grid with the EMA denoiser
         last["ldm"] = ldm
@@ -48,8 +49,8 @@ def train(recipe_path: str, out: str) -> None:
         save_file(weights, str(run.dir / f"snap_{int(Path(out).stem.split('_')[1]):06d}.safetensors"))
         return save_grid(samples, names, per_class, out)
 
-    tasks_ldm.class_grid, tasks_ldm.save_class_grid = remembering, keeping
-    summary = tasks_ldm.train(recipe, run, device=torch.device("cpu"), data_root=os.environ.get("VD_DATA_ROOT"))
+    ldm_train.class_grid, ldm_train.save_class_grid = remembering, keeping  # what train's evaluations call
+    summary = ldm_train.train(recipe, run, device=torch.device("cpu"), data_root=os.environ.get("VD_DATA_ROOT"))
     print(f"{run.dir}: {summary.steps} steps in {summary.seconds:.0f} s", flush=True)
 
 

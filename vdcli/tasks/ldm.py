@@ -1,21 +1,13 @@
-"""Latent diffusion: train a denoiser on VAE latents, then sample, conditioned on class labels.
+"""Latent diffusion, trained: load an LDM checkpoint and sample from it, conditioned on class
+labels, prompts or nothing; image-to-image, inpainting, interpolation, prompt attention.
 
-``train`` runs both stages when it must: with no VAE checkpoint in the recipe it first trains
-the VAE from the recipe's ``vae:`` section, in ``<run>/vae/``. It then encodes the dataset
-once (the posterior means and log-variances are cached in ``<run>/latents.safetensors``, or for a
-streamed folder in shards under ``<run>/latents/`` that are read back from disk) and
-trains the denoiser on standardised latent samples z = (μ + σ ε − mean) / std, with the mean and
-std of every latent element over the training set (``LatentNorm``: why per element, not one
-global scale factor, is written there).
-
-The LDM checkpoint carries its VAE (under ``vae.``) and everything ``sample`` needs, so it
-works alone. Sampling itself is ``diffusion.sample``: this file only chooses the model_fn,
+Training is ``tasks/ldm_train.py``. The LDM checkpoint carries its VAE (under ``vae.``) and
+everything ``sample`` needs, so it works alone. Sampling itself is ``diffusion.sample``: this file only chooses the model_fn,
 the starting noise and what to do after each step.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +16,10 @@ from torch import nn
 
 from vdcli import images
 from vdcli.checkpoint import Checkpoint
-from vdcli.data import data_spec, load_split, parse_classes, to_float, to_uint8
+from vdcli.data import parse_classes, to_float, to_uint8
 from vdcli.device import prepare
 from vdcli.errors import VdError
-from vdcli.diffusion import (DiffusionConfig, NoiseSchedule, add_noise, autoguided, ddim_invert, diffusion_loss, guided, sample, slerp,
+from vdcli.diffusion import (DiffusionConfig, NoiseSchedule, add_noise, autoguided, ddim_invert, guided, sample, slerp,
                              strength_start)
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
@@ -35,10 +27,7 @@ from vdcli.models.vae import AutoencoderKL, LatentNorm
 from vdcli.progress import Reporter
 from vdcli.recipe import LDMRecipe, SampleConfig
 from vdcli.runs import Run
-from vdcli.streaming import at_most
-from vdcli.tasks.stages import TextCache, cached_latents, first_stage, named_clip, named_vae, text_stage
 from vdcli.tasks.vae import Interpolation, load_vae
-from vdcli.trainer import fit, seeded_init
 
 ARCHS = {"unet": (UNet, UNetConfig), "dit": (DiT, DiTConfig)}
 
@@ -464,113 +453,9 @@ def prompt_attention(ldm: LDM, prompt: str, *, steps: int = 50, guidance: float 
 # --- vd train-ldm -----------------------------------------------------------------------------
 
 
-@dataclass
-class LDMSummary:
-    run: Run
-    loss: float
-    steps: int
-    seconds: float
-    vae_note: str
-    files: list[Path]
-    conditioning: str = "class"
+def train(recipe: LDMRecipe, run: Run, **options):
+    """``vd train-ldm``: ``tasks/ldm_train.py`` (the CLI finds every command's ``train`` in ``tasks/<kind>.py``)."""
+    from vdcli.tasks.ldm_train import train as train_ldm
 
+    return train_ldm(recipe, run, **options)
 
-def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> LDMSummary:
-    named_vae(recipe)  # a typo in vae.checkpoint fails now, not after the data is loaded
-    text_model = recipe.conditioning == "text"
-    if text_model:
-        named_clip(recipe)
-    train_set = load_split(recipe.data, "train", data_root)
-    test_set = load_split(recipe.data, "test", data_root)
-    vae_ckpt, vae_note = first_stage(recipe, run, train_set, test_set, device, resume, quiet)
-    if text_model:
-        clip_ckpt, clip_note = text_stage(recipe, run, train_set, test_set, device, resume, quiet)
-        vae_note += f"; {clip_note}"
-    vae, scale = load_vae(vae_ckpt, device)
-    mean, logvar = cached_latents(vae, train_set, run, device, quiet)
-    norm = LatentNorm.fit(at_most(mean, 60_000), at_most(logvar, 60_000)).to(device)  # all of MNIST; a sample of a large folder
-
-    spec = data_spec(recipe.data, train_set)
-    meta = {
-        "conditioning": recipe.conditioning,
-        "model": recipe.model.model_dump(),
-        "data": spec,
-        "latent_shape": list(vae.latent_shape),
-        "diffusion": recipe.diffusion.model_dump(),
-        "sample": recipe.sample.model_dump(),
-        "vae": {**vae_ckpt.meta, "scale_factor": scale},
-        "recipe": recipe.model_dump(mode="json"),
-    }
-    extra = {"vae": vae, "latent_norm": norm}
-    data = (mean, logvar, train_set.labels)
-    text = None
-    if text_model:
-        from vdcli.tasks.clip import caption_source, load_text_encoder
-
-        text = load_text_encoder(clip_ckpt, device)
-        captioner = caption_source(clip_ckpt, recipe.data, train_set, data_root)  # captions of the training images, by index
-        texts = TextCache(text)
-        meta["clip"] = clip_ckpt.meta
-        meta["text"] = {"dim": text.dim, "max_length": text.max_length}
-        extra["clip"] = clip_ckpt.weights("ema" if clip_ckpt.has("ema") else "model")  # CLIP (and its tokenizer, in meta) travels along
-        data = (mean, logvar, torch.arange(len(train_set)))
-    with seeded_init(recipe.train.seed, "denoiser"):
-        model = build_denoiser(meta)
-    schedule = NoiseSchedule.from_config(recipe.diffusion)
-    null = len(spec["classes"])
-    cfg = recipe.train
-    guide, snapshots = None, {}
-    if cfg.guide_at:  # autoguidance's bad model: the EMA weights at this step, copied by the trainer
-        meta["guide_step"] = snapshots["guide"] = max(1, round(cfg.guide_at * cfg.steps))
-        with seeded_init(cfg.seed, "guide"):  # its initial weights are overwritten; this keeps the global RNG as it was
-            extra["guide"] = guide = build_denoiser(meta).requires_grad_(False)
-
-    def loss_fn(model: nn.Module, batch):
-        mean, logvar, y = batch
-        z = norm(mean + (0.5 * logvar).exp() * torch.randn_like(mean))  # a fresh posterior sample each time
-        if text_model:  # y: the images' indices; a caption drawn for each from the step's seeded RNG
-            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-            captions = [captioner.caption(int(i), g) for i in y.tolist()]
-            drop = (torch.rand(len(captions)) < cfg.cond_drop_prob).tolist()  # the empty prompt teaches the unconditional model
-            states, pooled, mask = (v.to(z.device) for v in texts(["" if d else c for c, d in zip(captions, drop)]))
-            return diffusion_loss(lambda x, t: model(x, t, context=states, context_mask=mask, pooled=pooled), z,
-                                  schedule, recipe.diffusion.min_snr_gamma), {}
-        if recipe.conditioning == "none":
-            return diffusion_loss(lambda x, t: model(x, t), z, schedule, recipe.diffusion.min_snr_gamma), {}
-        drop = torch.rand(y.shape, device=y.device) < cfg.cond_drop_prob
-        y = torch.where(drop, torch.full_like(y, null), y)  # the null class teaches the unconditional model
-        return diffusion_loss(lambda x, t: model(x, t, y), z, schedule, recipe.diffusion.min_snr_gamma), {}
-
-    # One row per class (at most ten) and a last row from the null label, the unconditional model
-    # that guidance extrapolates from (autoguided once there is a guide); an unconditional model
-    # fills all eight rows.
-    if recipe.conditioning == "none":
-        shown, unconditional, names = [], [null] * 8, ["unconditional"] + [""] * 7
-    elif text_model:  # the recipe's fixed prompts (default: the class names), then the empty prompt
-        shown, unconditional = list(recipe.sample.prompts or spec["classes"][:10]), [""]
-        names = shown + ["unconditional"]
-    else:
-        shown, unconditional = list(range(min(null, 10))), [null]
-        names = [spec["classes"][c] for c in shown] + ["unconditional"]
-
-    def evaluate(model: nn.Module, step: int) -> dict:
-        t0 = time.perf_counter()
-        ldm = LDM(model, vae, norm, schedule, spec["classes"], vae.latent_shape, recipe.sample, recipe.conditioning, text,
-                  guide if guide is not None and step >= meta["guide_step"] else None)
-        options = dict(sampler=recipe.sample.sampler, steps=recipe.sample.steps, eta=recipe.sample.eta)
-        rows = [class_grid(ldm, shown, 8, seed=0, guidance=recipe.sample.guidance, **options)[0]] if shown else []
-        rows.append(class_grid(ldm, unconditional, 8, seed=0, guidance=ldm.autoguidance(None), **options)[0])
-        save_class_grid(torch.cat(rows), names, 8, run.dir / f"samples_{step:06d}.png")
-        return {"sample_seconds": time.perf_counter() - t0}
-
-    pictures = [run.dir / "forward_process.png", run.dir / "schedule.png"]
-    if not all(p.exists() for p in pictures):  # once per run: what the forward process does to this data
-        from vdcli.tasks.diffuse import VAECodec, write_diffusion_pictures
-
-        write_diffusion_pictures(test_set.images[0], schedule, recipe.diffusion.schedule, VAECodec(vae, norm=norm), run.dir)
-
-    result = fit(model, loss_fn, data, cfg, run, kind="ldm", meta=meta, device=device,
-                 seed=cfg.seed, evaluate=evaluate, extra=extra, resume=resume, quiet=quiet, snapshots=snapshots)
-    grids = sorted(run.dir.glob("samples_*.png"))
-    files = [run.checkpoint, run.dir / "loss.png", *grids[-1:], *pictures]
-    return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files, recipe.conditioning)
