@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from test_cli import TINY_LDM, ok, recipe
 from test_trainer import CPU, loss_fn, make_model, problem
@@ -43,6 +44,9 @@ def _train(tmp_path, name, stop_at=None, run=None):
 
 
 def test_the_guide_is_the_averaged_weights_of_its_step_and_a_resumed_run_reads_it_back(tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        _train(tmp_path, "early", stop_at=3)  # stopped before the guide's step: no guide is saved yet
+    assert not load_checkpoint(next((tmp_path / "runs" / "early").glob("2*")) / "checkpoint.safetensors").has("guide")
     guide, seen, _ = _train(tmp_path, "straight")
     assert all(torch.equal(guide.state_dict()[k], seen[4][k]) for k in seen[4])
     try:
@@ -79,3 +83,5 @@ def test_without_a_guide_class_none_stays_unguided(tmp_path, monkeypatch):
     ok("train-ldm", recipe(tmp_path, "n", "ldm"), *TINY_LDM, "--quiet")
     ldm = load_ldm(load_checkpoint(Path("runs/n/latest/checkpoint.safetensors")), CPU)
     assert ldm.guide is None and condition(ldm, "none", 4.0)[2] == 1.0
+    out = ok("sample", "--checkpoint", "runs/n/latest", "--class", "none", "--guidance", "4", "--n", "2", "--out", "s")
+    assert "--guidance 4 is not used" in out and "guidance 1," in out

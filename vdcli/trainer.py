@@ -249,7 +249,8 @@ def fit(
     stop = stop or StopFlag()
 
     def save(step: int) -> None:
-        modules = {"model": model, **({"ema": ema.model} if ema else {}), **(extra or {})}
+        taken = {name: m for name, m in (extra or {}).items() if step >= snapshots.get(name, 0)}  # a snapshot only once it is one
+        modules = {"model": model, **({"ema": ema.model} if ema else {}), **taken}
         save_resumable(run.checkpoint, kind, modules, {**meta, "metrics": metrics}, optimizer, step)
 
     batches = step_batches(data, order, start, cfg.steps, rank, world, device)  # streamed columns: read ahead by workers

@@ -2,8 +2,8 @@
 labels, prompts or nothing; image-to-image, inpainting, interpolation, prompt attention.
 
 Training is ``tasks/ldm_train.py``. The LDM checkpoint carries its VAE (under ``vae.``) and
-everything ``sample`` needs, so it works alone. Sampling itself is ``diffusion.sample``: this file only chooses the model_fn,
-the starting noise and what to do after each step.
+everything ``sample`` needs, so it works alone. Sampling itself is ``diffusion.sample``: this
+file only chooses the model_fn, the starting noise and what to do after each step.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def load_ldm(ckpt: Checkpoint, device: torch.device) -> LDM:
 
         text = load_text_encoder(ckpt, device, prefix="clip")
     guide = None
-    if ckpt.has("guide") and meta["step"] >= meta["guide_step"]:  # before that step it holds initial weights
+    if ckpt.has("guide"):  # saved from train.guide_at's step on
         guide = build_denoiser(meta)
         guide.load_state_dict(ckpt.weights("guide"))
         guide = prepare(guide, device).eval().requires_grad_(False)
