@@ -110,6 +110,9 @@ def sample_cmd(
         raise VdError(f"--eta {eta:g}: only the ddim sampler takes eta ({sampler} is {'stochastic' if sampler == 'ddpm' else 'deterministic'} by construction)")
     eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 0.0)
     kind = "autoguidance" if model.guide is not None and names == ["unconditional"] else "guidance"
+    if names == ["unconditional"] and model.guide is None and guidance not in (None, 1.0):
+        say(f"note: --guidance {guidance:g} is not used: an unconditional sample is guided only by a model trained "
+            "with train.guide_at (autoguidance), and this one was not")
     how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, {kind} {w:g}, seed {seed}"
     if init is not None:
         spec = ckpt.meta["data"]
