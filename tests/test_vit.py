@@ -75,6 +75,13 @@ def test_logits_do_not_depend_on_asking_for_attention():
     assert torch.allclose(model(x), model(x, return_attention=True)[0], atol=1e-5)
 
 
+def test_a_block_asked_for_the_first_token_computes_what_the_full_block_gives_it():
+    block = tiny().blocks[0]  # the forward pass asks the last block for the class token's state only
+    x = torch.randn(2, 17, 32)
+    assert block(x, queries=1).shape == (2, 1, 32)
+    assert torch.allclose(block(x, queries=1), block(x)[:, :1], atol=1e-6)
+
+
 # --- rollout (Abnar & Zuidema 2020) -------------------------------------------------------------
 
 
