@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from vdcli.device import prepare
 from vdcli.diffusion import NoiseSchedule, diffusion_loss, guided, sample
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
@@ -93,7 +94,7 @@ def vae_case(compile: bool):
 
     recipe = load_recipe(ROOT / "recipes" / "mnist_vae.yaml", "vae")
     cfg: VAEConfig = recipe.model
-    vd = AutoencoderKL(cfg, 32, 1)
+    vd = prepare(AutoencoderKL(cfg, 32, 1), torch.device("cpu"), compiled=compile)
     widths = cfg.widths()
     # The nearest diffusers config: the same widths, blocks and latent; its encoder and decoder
     # also have a middle of two residual blocks (attention between them switched off here) and
@@ -140,6 +141,7 @@ def unet_train_case(compile: bool):
     from diffusers import DDPMScheduler
 
     vd, peer, recipe = unet_pair()
+    prepare(vd, torch.device("cpu"), compiled=compile)  # as vd's trainer does: channels_last when compiled
     schedule = NoiseSchedule.from_config(recipe.diffusion)
     ddpm = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="v_prediction")
     g = torch.Generator().manual_seed(0)
@@ -161,6 +163,7 @@ def unet_sample_case(compile: bool):
     from diffusers import DDIMScheduler
 
     vd, peer, recipe = unet_pair()
+    prepare(vd, torch.device("cpu"), compiled=compile)
     vd.eval().requires_grad_(False)
     peer.eval().requires_grad_(False)
     schedule = NoiseSchedule.from_config(recipe.diffusion)

@@ -216,6 +216,17 @@ def test_train_ldm_from_nothing_then_sample_from_the_checkpoint_alone(tmp_path):
     assert "DDIM-4 inversions" in out and Image.open(tmp_path / "i" / "interpolation.gif").n_frames >= 2
 
 
+def test_sample_compile_draws_what_eager_sampling_draws_to_float_tolerance(tmp_path):
+    ok("train-ldm", recipe(tmp_path, "l", "ldm"), *TINY_LDM, "--quiet")
+    ok("sample", "--class", "disk", "--n", 2, "--steps", 3, "--out", tmp_path / "eager")
+    ok("sample", "--class", "disk", "--n", 2, "--steps", 3, "--out", tmp_path / "compiled", "--compile")
+    from vdcli.data import read_image
+
+    for name in ("disk_0.png", "disk_1.png"):
+        eager, compiled = (read_image(tmp_path / d / "images" / name).int() for d in ("eager", "compiled"))
+        assert (eager - compiled).abs().max() <= 2  # of 255: the same images, rounded differently
+
+
 def test_sample_with_an_unknown_class_names_the_nearest(tmp_path):
     ok("train-ldm", recipe(tmp_path, "l", "ldm"), *TINY_LDM, "--quiet")
     result = vd("sample", "--class", "dsk", "--steps", 2)

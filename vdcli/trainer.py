@@ -208,7 +208,7 @@ def fit(
     """
     snapshots = snapshots or {}
     use_deterministic_algorithms(cfg.deterministic)
-    prepare(model, device)
+    prepare(model, device, compiled=cfg.compile)
     rank, world = distributed.rank(), distributed.world_size()
     net = model  # what loss_fn calls: under torchrun, the DDP wrapper that averages gradients over the ranks
     if world > 1:

@@ -50,14 +50,14 @@ class Attention(nn.Module):
         if self.context_dim is None:
             if context is not None:
                 raise ValueError("this attention was built without a context_dim (self-attention) but was given a context")
-            q, k, v = self.qkv(x).view(B, T, 3, h, C // h).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
+            q, k, v = (t.view(B, T, h, C // h).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))  # 3 x (B, h, T, d)
             mask = None
         else:
             if context is None:
                 raise ValueError("this cross-attention needs a context [B, L, context_dim]")
             L = context.shape[1]
             q = self.q(x).view(B, T, h, C // h).transpose(1, 2)  # (B, h, T, d)
-            k, v = self.kv(context).view(B, L, 2, h, C // h).permute(2, 0, 3, 1, 4)  # 2 x (B, h, L, d)
+            k, v = (t.view(B, L, h, C // h).transpose(1, 2) for t in self.kv(context).chunk(2, dim=-1))  # 2 x (B, h, L, d)
             mask = None if context_mask is None else context_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, L)
         p_drop = self.dropout if self.training else 0.0
         if need_weights or self.record is not None:

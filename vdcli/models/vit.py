@@ -58,7 +58,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, need_weights: bool = False, queries: int | None = None):
         """``queries``: only the first that many tokens' outputs are wanted (all attend to every key)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))  # 3 x (B, h, T, d)
         if queries is not None:
             q, T = q[:, :, :queries], queries  # (B, h, queries, d)
         p_drop = self.dropout if self.training else 0.0
