@@ -1,0 +1,51 @@
+"""Sampling-side variants of autoguided unconditional samples: a guidance interval, other samplers.
+
+    VD_DATA_ROOT=../shared/datasets python bench/uncond_variants.py RUN 3:0:999:dpmpp-2m:10:0 3:0:600:dpmpp-2m:10:0
+
+Each variant is W:T_LO:T_HI:SAMPLER:STEPS:ETA: autoguidance at w = W for timesteps T_LO <= t <= T_HI
+(the model alone elsewhere; Kynkäänniemi et al. 2024 apply guidance in a limited interval), with
+that sampler. 500 unconditional samples of RUN from one fixed seed, judged by bench/classifier.py
+as bench/ldm_quality.py does: confident share (top probability >= 0.9), class histogram, FD.
+Prints one JSON line per variant; records nothing.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).parent))
+import torch
+from classifier import judge, load_judge
+from ldm_quality import frechet_distance
+from vdcli.checkpoint import load_checkpoint
+from vdcli.data import load_split
+from vdcli.diffusion import autoguided, sample
+from vdcli.recipe import DataConfig
+from vdcli.runs import find_checkpoint
+from vdcli.tasks import ldm as L
+
+run = sys.argv[1]
+variants = sys.argv[2:]
+cpu = torch.device("cpu")
+ldm = L.load_ldm(load_checkpoint(find_checkpoint(run, "ldm")[0], "ldm"), cpu)
+model = load_judge()
+torch.set_grad_enabled(False)
+test = load_split(DataConfig(name="mnist", image_size=28), "test", os.environ.get("VD_DATA_ROOT"))
+_, test_feats = judge(model, test.images)
+n = 500
+cond = ldm.null_condition(n)
+net, guide = ldm.plain(ldm.denoiser, cond), ldm.plain(ldm.guide, cond)
+for v in variants:  # w:lo:hi:sampler:steps:eta
+    w, lo, hi, sampler, steps, eta = v.split(":")
+    w, lo, hi, steps, eta = float(w), int(lo), int(hi), int(steps), float(eta)
+    ag = autoguided(net, guide, w)
+    def fn(x, t, ag=ag, lo=lo, hi=hi):
+        tt = int(t.flatten()[0])
+        return ag(x, t) if lo <= tt <= hi else net(x, t)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((n, *ldm.latent_shape), generator=g)
+    samples = ldm.decode(sample(fn, noise, ldm.schedule, sampler, steps, eta, generator=g))
+    probs, feats = judge(model, samples)
+    top, pred = probs.max(1)
+    print(json.dumps({"v": v, "conf": round((top >= 0.9).float().mean().item(), 4),
+        "hist": [round(100 * x, 1) for x in (torch.bincount(pred, minlength=10).float() / n).tolist()],
+        "fd": round(frechet_distance(feats, test_feats), 1)}), flush=True)
