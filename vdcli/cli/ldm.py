@@ -116,7 +116,7 @@ def sample_cmd(
     if names == ["unconditional"] and model.guide is None and guidance not in (None, 1.0):
         say(f"note: --guidance {guidance:g} is not used: an unconditional sample is guided only by a model trained "
             "with train.guide_at (autoguidance), and this one was not")
-    how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, {kind} {w:g}, seed {seed}"
+    how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, {kind} {w:g}, seed {seed}{', compiled (the time includes the compile)' if compile else ''}"
     if init is not None:
         spec = ckpt.meta["data"]
         pixels, what = load_input(init, spec["image_size"], spec["channels"], data_root)
