@@ -97,6 +97,16 @@ def test_train_controlnet_keeps_the_base_frozen_and_steers_sampling(tmp_path):
     for i in range(2):  # scale 0 is exactly the base model
         assert Image.open(tmp_path / "z" / "images" / f"control0_{i}.png").tobytes() == \
             Image.open(tmp_path / "p" / "images" / f"disk_{i}.png").tobytes()
+    ok("sample", "--controlnet", run, "--control", "synthetic:test:0", "--class", "disk", "--n", 2, "--steps", 3,
+       "--out", tmp_path / "e")
+    out = ok("sample", "--controlnet", run, "--control", "synthetic:test:0", "--class", "disk", "--n", 2, "--steps", 3,
+             "--out", tmp_path / "c", "--compile")
+    assert "compiled" in out
+    from vdcli.data import read_image
+
+    for i in range(2):  # the base and the ControlNet compiled: the same images, rounded differently
+        eager, compiled = (read_image(tmp_path / d / "images" / f"control0_{i}.png").int() for d in "ec")
+        assert (eager - compiled).abs().max() <= 2
 
     ok("control", "synthetic:test:0", "--type", "scribble", "--out", tmp_path / "m")
     out = ok("sample", "--controlnet", run, "--control", tmp_path / "m" / "scribble.png", "--class", "disk", "--n", 1,

@@ -64,6 +64,14 @@ def prepare(model: nn.Module, device: torch.device, compiled: bool = False) -> n
     return model
 
 
+def frozen(model: nn.Module, device: torch.device, compile: bool = False) -> nn.Module:
+    """A trained network for inference: ``prepare``d on ``device``, in eval mode, without
+    gradients, and with ``compile`` run through ``torch.compile`` (samples then agree with eager
+    ones to float tolerance, not bit for bit)."""
+    model = prepare(model, device, compiled=compile).eval().requires_grad_(False)
+    return torch.compile(model) if compile else model
+
+
 def channels_last(model: nn.Module) -> nn.Module:
     """A network with 2-d convolutions stores its 4-d weights channels_last (NHWC); others are left alone.
 

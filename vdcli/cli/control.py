@@ -23,7 +23,7 @@ def load_control_maps(model, control: list[str], control_type: str | None, data_
     return maps
 
 
-def steer(controlnet: str, where):
+def steer(controlnet: str, where, compile: bool = False):
     """(its checkpoint, the ControlNet model, how it was found) from --controlnet."""
     from vdcli.checkpoint import load_checkpoint
     from vdcli.runs import find_checkpoint
@@ -31,7 +31,7 @@ def steer(controlnet: str, where):
 
     path, found = find_checkpoint(controlnet, "controlnet")
     ckpt = load_checkpoint(path, "controlnet")
-    return ckpt, load_controlled(ckpt, where), found
+    return ckpt, load_controlled(ckpt, where, compile), found
 
 
 @train_command("controlnet", "train-controlnet", """Train a ControlNet on a trained LDM: generation that follows an edge map, a scribble or a depth-like map.

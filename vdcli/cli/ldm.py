@@ -84,8 +84,6 @@ def sample_cmd(
     if init is not None and trajectory:
         raise VdError("--trajectory: not with --init; the trajectory is written for sampling from noise")
     check_control(controlnet, control, control_type, checkpoint)
-    if compile and controlnet is not None:
-        raise VdError("--compile: not with --controlnet (it compiles the plain denoiser)")
     if control and len(control) > 1 and (init is not None or trajectory):
         raise VdError(f"--control: give one map with {'--init' if init is not None else '--trajectory'}")
     check_out(out)
@@ -95,7 +93,7 @@ def sample_cmd(
     if controlnet is not None:
         from vdcli.cli.control import load_control_maps, steer
 
-        ckpt, controlled, found = steer(controlnet, where)
+        ckpt, controlled, found = steer(controlnet, where, compile)
         maps = load_control_maps(controlled, control, control_type, data_root)
         model = controlled.steered(maps[0], control_scale)
     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from vdcli import images
 from vdcli.checkpoint import KINDS, Checkpoint, atomic_write, load_checkpoint, read_header
 from vdcli.controls import control_maps
 from vdcli.data import load_split
-from vdcli.device import prepare
+from vdcli.device import frozen
 from vdcli.diffusion import diffusion_loss
 from vdcli.errors import VdError
 from vdcli.models.controlnet import ControlNet, Controlled
@@ -73,18 +73,20 @@ class ControlledLDM:
     def steered(self, hint: torch.Tensor, scale: float = 1.0) -> LDM:
         """The base LDM with its denoiser steered at ``scale`` by one control map (uint8 [1, H, W]) for
         every image, or by one map per image (uint8 [B, 1, H, W], in the order of the images)."""
-        from dataclasses import replace
-
         hint = hint.float() / 255.0
         hint = (hint[None] if hint.dim() == 3 else hint).to(self.ldm.device)  # (1 or B, 1, H, W)
         return replace(self.ldm, denoiser=Controlled(self.ldm.denoiser, self.controlnet, hint, scale), guide=None)  # the guide sees no map
 
 
-def load_controlled(ckpt: Checkpoint, device: torch.device) -> ControlledLDM:
+def load_controlled(ckpt: Checkpoint, device: torch.device, compile: bool = False) -> ControlledLDM:
+    """``compile``: the base denoiser and the ControlNet each through ``torch.compile``; every map's
+    ``Controlled`` then calls the same two compiled networks."""
     base = load_ldm(embedded_base(ckpt), device)
-    net = build_controlnet(base.denoiser, ckpt.meta["base"])
+    net = build_controlnet(base.denoiser, ckpt.meta["base"])  # copies the plain base's encoder
     net.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
-    return ControlledLDM(base, prepare(net, device).eval().requires_grad_(False), ckpt.meta["control"], ckpt.meta["data"]["image_size"])
+    if compile:
+        base = replace(base, denoiser=frozen(base.denoiser, device, compile=True))
+    return ControlledLDM(base, frozen(net, device, compile), ckpt.meta["control"], ckpt.meta["data"]["image_size"])
 
 
 @dataclass

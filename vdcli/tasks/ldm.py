@@ -17,7 +17,7 @@ from torch import nn
 from vdcli import images
 from vdcli.checkpoint import Checkpoint
 from vdcli.data import parse_classes, to_float, to_uint8
-from vdcli.device import prepare
+from vdcli.device import frozen
 from vdcli.errors import VdError
 from vdcli.diffusion import (DiffusionConfig, NoiseSchedule, add_noise, autoguided, ddim_invert, guided, sample, slerp,
                              strength_start)
@@ -150,9 +150,7 @@ class LDM:
 
 
 def load_ldm(ckpt: Checkpoint, device: torch.device, compile: bool = False) -> LDM:
-    """``compile``: run the denoiser (and the guide) through ``torch.compile``, channels_last
-    (``device.prepare``): a compile first, then faster sampling; samples agree with eager ones to
-    float tolerance, not bit for bit."""
+    """``compile``: the denoiser (and the guide) through ``torch.compile`` (``device.frozen``)."""
     meta = ckpt.meta
     denoiser = build_denoiser(meta)
     denoiser.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
@@ -171,16 +169,10 @@ def load_ldm(ckpt: Checkpoint, device: torch.device, compile: bool = False) -> L
     if ckpt.has("guide"):  # saved from train.guide_at's step on
         guide = build_denoiser(meta)
         guide.load_state_dict(ckpt.weights("guide"))
-        guide = ready(guide, device, compile)
-    return LDM(ready(denoiser, device, compile), vae, norm.to(device),
+        guide = frozen(guide, device, compile)
+    return LDM(frozen(denoiser, device, compile), vae, norm.to(device),
                NoiseSchedule.from_config(DiffusionConfig(**meta["diffusion"])), meta["data"]["classes"],
                tuple(meta["latent_shape"]), SampleConfig(**meta["sample"]), meta.get("conditioning", "class"), text, guide)
-
-
-def ready(net: nn.Module, device: torch.device, compile: bool) -> nn.Module:
-    """A denoiser for sampling: on ``device``, frozen, and compiled if asked."""
-    net = prepare(net, device, compiled=compile).eval().requires_grad_(False)
-    return torch.compile(net) if compile else net
 
 
 # --- vd sample --------------------------------------------------------------------------------

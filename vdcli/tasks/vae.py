@@ -16,7 +16,7 @@ import torch
 from vdcli import distributed, images
 from vdcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vdcli.data import ImageSet, data_spec, load_split, to_float, to_uint8
-from vdcli.device import prepare
+from vdcli.device import frozen
 from vdcli.diffusion import slerp
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.recipe import VAERecipe
@@ -36,7 +36,7 @@ def load_vae(ckpt: Checkpoint, device: torch.device, prefix: str = "model") -> t
     meta = ckpt.meta if prefix == "model" else ckpt.meta["vae"]
     model = build_vae(meta)
     model.load_state_dict(ckpt.weights("ema" if prefix == "model" and ckpt.has("ema") else prefix))
-    return prepare(model, device).eval().requires_grad_(False), meta.get("scale_factor", 1.0)
+    return frozen(model, device), meta.get("scale_factor", 1.0)
 
 
 @torch.no_grad()
