@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from classifier import judge, load_judge
-from ldm_quality import frechet_distance
+from ldm_quality import scores
 from safetensors.torch import load_file, save_file
 
 from vdcli.checkpoint import load_checkpoint
@@ -80,12 +80,9 @@ def judge_guides(run: str, guides: list[str], weights: list[float], n: int) -> N
                 samples.append(ldm.decode(sample(fn, noise, ldm.schedule, d.sampler, d.steps, d.eta, generator=g)))
             samples = torch.cat(samples)
             ms = (time.perf_counter() - t0) / n * 1000
-            probs, feats = judge(model, samples)
-            top, pred = probs.max(1)
+            figures, _ = scores(model, samples, test_feats)
             row = {"bench": "autoguidance", "ldm": run, "guide": name, "w": w, "sampler": f"{d.sampler}-{d.steps}", "images": n,
-                   "confident": round((top >= 0.9).float().mean().item(), 4), "texture": round((top < 0.5).float().mean().item(), 4),
-                   "histogram": [round(100 * v, 1) for v in (torch.bincount(pred, minlength=10).float() / n).tolist()],
-                   "frechet_distance": round(frechet_distance(feats, test_feats), 1), "ms_per_image": round(ms, 1),
+                   **figures, "ms_per_image": round(ms, 1),
                    "date": time.strftime("%Y-%m-%d %H:%M")}
             print(json.dumps(row), flush=True)
             with open(HERE / "results.jsonl", "a") as f:

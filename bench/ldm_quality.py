@@ -53,6 +53,18 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((mu1 - mu2).pow(2).sum() + torch.trace(s1 + s2 - 2 * cross)).item()
 
 
+def scores(model, samples: torch.Tensor, test_feats: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """The judge's figures of uint8 samples (confident, texture, histogram, FD; see above) and its classes."""
+    probs, feats = judge(model, samples)
+    top, pred = probs.max(1)
+    return {
+        "confident": round((top >= 0.9).float().mean().item(), 4),
+        "texture": round((top < 0.5).float().mean().item(), 4),
+        "histogram": [round(100 * v, 1) for v in (torch.bincount(pred, minlength=10).float() / len(pred)).tolist()],
+        "frechet_distance": round(frechet_distance(feats, test_feats), 3),
+    }, pred
+
+
 def parse_setting(name: str, ldm) -> dict:
     m = re.fullmatch(r"uncond(?:-w([\d.]+))?", name)
     if m:  # the recipe's autoguidance (when the model kept a guide), or uncond-wW: autoguidance at W (1: none)
@@ -96,8 +108,7 @@ def main() -> None:
         samples = torch.cat([generate(ldm, labels[i : i + 500], sampler=s["sampler"], steps=s["steps"], eta=s["eta"],
                                       guidance=s["guidance"], generator=g)[0] for i in range(0, len(labels), 500)])
         ms = (time.perf_counter() - t0) / len(samples) * 1000
-        probs, feats = judge(model, samples)
-        top, pred = probs.max(1)
+        figures, pred = scores(model, samples, test_feats)
         uncond = s["uncond"] or ldm.conditioning == "none"
         row = {
             "bench": "ldm_quality",
@@ -106,10 +117,7 @@ def main() -> None:
             "sampler": s["sampler"], "steps": s["steps"], "eta": s["eta"], "guidance": s["guidance"],
             "images": len(samples),
             "agreement": None if uncond else round((pred == asked).float().mean().item(), 4),
-            "confident": round((top >= 0.9).float().mean().item(), 4),
-            "texture": round((top < 0.5).float().mean().item(), 4),
-            "histogram": [round(100 * v, 1) for v in (torch.bincount(pred, minlength=10).float() / len(pred)).tolist()],
-            "frechet_distance": round(frechet_distance(feats, test_feats), 3),
+            **figures,
             "ms_per_image": round(ms, 1),
             "ldm": str(args.ldm),
             "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 from classifier import judge, load_judge
-from ldm_quality import frechet_distance
+from ldm_quality import scores
 from vdcli.checkpoint import load_checkpoint
 from vdcli.data import load_split
 from vdcli.diffusion import autoguided, sample
@@ -44,8 +44,4 @@ for v in variants:  # w:lo:hi:sampler:steps:eta
     g = torch.Generator().manual_seed(0)
     noise = torch.randn((n, *ldm.latent_shape), generator=g)
     samples = ldm.decode(sample(fn, noise, ldm.schedule, sampler, steps, eta, generator=g))
-    probs, feats = judge(model, samples)
-    top, pred = probs.max(1)
-    print(json.dumps({"v": v, "conf": round((top >= 0.9).float().mean().item(), 4),
-        "hist": [round(100 * x, 1) for x in (torch.bincount(pred, minlength=10).float() / n).tolist()],
-        "fd": round(frechet_distance(feats, test_feats), 1)}), flush=True)
+    print(json.dumps({"variant": v, **scores(model, samples, test_feats)[0]}), flush=True)
