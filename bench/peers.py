@@ -15,10 +15,12 @@ Cases, each at the size of a shipped recipe and with the same batch for both sid
 - ``unet-sample``: DDIM-50, η = 0, classifier-free guidance w = 3 in one batched call of 2B,
   ``diffusion.sample`` against the same loop over diffusers' ``DDIMScheduler``.
 
-Both sides get the same step function and the same data; only the networks (and, for sampling,
-the scheduler) differ. Every round times vd and the peer back to back, alternating which goes
-first (training: one step each; sampling: the two loops advanced a step of each in turn), so
-that the other jobs on this shared machine slow both alike. Times are medians over the rounds;
+Both sides get the same data and the same step (zero_grad, loss, backward, clip, AdamW); the
+networks differ, and so do the optimiser's kernels: each side's as its own training code runs it
+(``train_step``: vd's trainer fuses AdamW; diffusers' and timm's scripts take torch's default,
+on the CPU a loop over the parameters). For sampling, the scheduler differs. Every round times
+vd and the peer back to back, alternating which goes first (training: one step each; sampling:
+the two loops advanced a step of each in turn), so that the other jobs on this shared machine slow both alike. Times are medians over the rounds;
 the ratio is the median over the rounds of peer time / vd time (above 1: vd is faster). The FLOP/s
 columns count the matmul, convolution and attention FLOPs of each side's own work
 (``torch.utils.flop_counter``) per second, as a fraction of the fp32 matmul peak measured at the
@@ -46,6 +48,7 @@ from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.models.vit import ViT, ViTConfig
 from vdcli.recipe import load_recipe
+from vdcli.trainer import adamw, clip_gradients
 
 HERE = Path(os.path.relpath(Path(__file__).parent))
 ROOT = HERE.parent
@@ -56,16 +59,26 @@ def params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def train_step(model, loss_of, lr: float, compile: bool = False):
-    """One optimiser step as vd's trainer takes it: zero_grad, loss, backward, clip to 1, AdamW."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+def train_step(model, loss_of, lr: float, compile: bool = False, vd: bool = True):
+    """One optimiser step: zero_grad, loss, backward, clip to 1, AdamW.
+
+    vd's side takes it as vd's trainer does (``trainer.adamw``: fused; ``trainer.clip_gradients``:
+    multi-tensor); the peer's as diffusers' and timm's example training scripts do, with torch's
+    defaults (on the CPU, a Python loop over the parameters for both).
+    """
+    if vd:
+        opt = adamw(model, lr, 0.05)
+        clip = lambda: clip_gradients(model, 1.0)  # noqa: E731
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        clip = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # noqa: E731
     net = torch.compile(model) if compile else model
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss = loss_of(net)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        clip()
         opt.step()
         return loss
 
@@ -86,7 +99,7 @@ def vit_case(compile: bool):
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(BATCH, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (BATCH,), generator=g)
     loss = lambda net: F.cross_entropy(net(x), y, label_smoothing=0.1)  # noqa: E731
-    return vd, train_step(vd, loss, 2e-3, compile), peer, train_step(peer, loss, 2e-3), 4
+    return vd, train_step(vd, loss, 2e-3, compile), peer, train_step(peer, loss, 2e-3, vd=False), 4
 
 
 def vae_case(compile: bool):
@@ -115,7 +128,7 @@ def vae_case(compile: bool):
         kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).flatten(1).sum(1).mean()
         return (recon - x).pow(2).flatten(1).sum(1).mean() + 1e-4 * kl
 
-    return vd, train_step(vd, vd_loss, 2e-3, compile), peer, train_step(peer, peer_loss, 2e-3), 2
+    return vd, train_step(vd, vd_loss, 2e-3, compile), peer, train_step(peer, peer_loss, 2e-3, vd=False), 2
 
 
 def unet_pair():
@@ -156,7 +169,7 @@ def unet_train_case(compile: bool):
         out = net(ddpm.add_noise(z, noise, t), t, class_labels=y).sample
         return F.mse_loss(out, ddpm.get_velocity(z, noise, t))
 
-    return vd, train_step(vd, vd_loss, 1e-3, compile), peer, train_step(peer, peer_loss, 1e-3), 4
+    return vd, train_step(vd, vd_loss, 1e-3, compile), peer, train_step(peer, peer_loss, 1e-3, vd=False), 4
 
 
 def unet_sample_case(compile: bool):

@@ -10,7 +10,7 @@ from vdcli.device import pick_device
 from vdcli.errors import VdError
 from vdcli.recipe import TrainConfig
 from vdcli.runs import Run, new_run
-from vdcli.trainer import StopFlag, TrainingInterrupted, fit, lr_at
+from vdcli.trainer import EMA, StopFlag, TrainingInterrupted, adamw, clip_gradients, fit, lr_at
 
 CPU = torch.device("cpu")
 
@@ -212,3 +212,38 @@ def test_a_nan_loss_stops_the_run_by_the_next_logging_step_and_saves_no_checkpoi
         fit(make_model(), nan_at_step_3, problem(), cfg, run, kind="vit", meta={}, device=CPU, quiet=True)
     assert calls[0] <= 5  # found at step 5, the first logging step, at the latest
     assert not run.checkpoint.exists()
+
+
+def test_the_fused_optimizer_and_clipping_take_the_textbook_step():
+    """trainer.adamw (fused) and clip_gradients (multi-tensor) against torch's per-parameter loop."""
+    a, b = make_model(), make_model()
+    x, y = problem()
+    opt_a = adamw(a, 1e-2, 0.05)
+    opt_b = torch.optim.AdamW([{"params": [p for p in b.parameters() if p.ndim >= 2], "weight_decay": 0.05},
+                               {"params": [p for p in b.parameters() if p.ndim < 2], "weight_decay": 0.0}],
+                              lr=1e-2, foreach=False)
+    for _ in range(5):
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).mul(50).backward()  # large: the clip acts
+            if model is a:
+                clip_gradients(a, 1.0)
+            else:
+                torch.nn.utils.clip_grad_norm_(b.parameters(), 1.0, foreach=False)
+            opt.step()
+    assert [g["weight_decay"] for g in opt_a.param_groups] == [0.05, 0.0]
+    assert opt_a.defaults["fused"]
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_the_ema_moves_every_weight_towards_the_model_by_one_minus_the_decay():
+    model = make_model()
+    ema = EMA(model, decay=0.9)
+    before = [p.clone() for p in ema.model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, step=1000)  # past the warm-up: the decay is 0.9
+    for old, new, target in zip(before, ema.model.parameters(), model.parameters()):
+        torch.testing.assert_close(new, old + 0.1 * (target - old))

@@ -99,6 +99,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with no weight decay on biases, norms and tokens, as one fused kernel.
+
+    Fused, it updates every parameter in one call; torch's default on the CPU is a Python loop of
+    about ten small ops per parameter tensor (185 tensors in the recipe's U-Net: 2.4x the time of
+    the fused step, ``bench/RESULTS.md``). Both are Loshchilov & Hutter's update, rounded differently.
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> None:
+    """Scale the gradients so that their global L2 norm is at most ``max_norm``, in multi-tensor calls."""
+    nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+
+
 class EMA:
     """Exponential moving average of a model's weights, with the usual warm-up of the decay."""
 
@@ -109,8 +129,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1.0 - decay)
+        # One multi-tensor call instead of one small op per parameter (a U-Net has about 200).
+        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
 
@@ -219,13 +239,7 @@ def fit(
         quiet = quiet or rank > 0
     if cfg.compile:  # the wrapper only runs the loss; ``model`` is what is saved, so no ``_orig_mod.`` in the keys
         net = torch.compile(net)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)  # no weight decay on biases, norms, tokens
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
     if resume and run.checkpoint.is_file():
@@ -272,7 +286,7 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                clip_gradients(model, cfg.grad_clip)
             optimizer.step()
             if ema:
                 ema.update(model, step)
