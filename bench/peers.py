@@ -46,7 +46,7 @@ from vdcli.device import prepare
 from vdcli.diffusion import NoiseSchedule, diffusion_loss, guided, sample
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
-from vdcli.models.vit import ViT, ViTConfig
+from vdcli.models.vit import ViT
 from vdcli.recipe import load_recipe
 from vdcli.trainer import adamw, clip_gradients
 

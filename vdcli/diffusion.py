@@ -67,7 +67,7 @@ class DiffusionConfig(Section):
     schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
     timesteps: int = Field(1000, ge=2)  # T
     prediction: Literal["eps", "v"] = "eps"
-    min_snr_gamma: float | None = Field(None, gt=0)  # Hang et al. 2023 use γ = 5; None: plain MSE
+    min_snr_gamma: float | None = Field(None, gt=0)  # Hang et al. 2023 use γ = 5, the MNIST recipe 1; None: plain MSE
 
 
 # --- schedules --------------------------------------------------------------------------------

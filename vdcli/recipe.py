@@ -67,7 +67,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)  # None: no clipping
-    ema_decay: float | None = Field(None, gt=0, lt=1)  # None: no EMA
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # the decay once the warm-up, (1 + step) / (10 + step), passes it; None: no EMA
     log_every: int = Field(50, gt=0)
     eval_every: int = Field(500, gt=0)
     checkpoint_every: int = Field(500, gt=0)
