@@ -2,6 +2,7 @@
 
     # 1. train a recipe, keeping the EMA denoiser's weights at every evaluation (every 500 steps)
     VD_DATA_ROOT=../shared/datasets python bench/autoguidance.py train recipes/mnist_latent.yaml --out bench/runs/snapshots
+    #    (--set vae.checkpoint=RUN/vae reuses a run's VAE: the shipped run's denoiser is then retrained bit for bit)
     # 2. unconditional samples of the final model guided by each candidate, at each w
     VD_DATA_ROOT=../shared/datasets python bench/autoguidance.py judge RUN --guides 500,1000,2000 --weights 1,2,3 --n 500
 
@@ -35,8 +36,8 @@ from vdcli.tasks import ldm_train
 HERE = Path(os.path.relpath(Path(__file__).parent))
 
 
-def train(recipe_path: str, out: str) -> None:
-    recipe = load_recipe(recipe_path, "ldm", ["train.eval_every=500"])
+def train(recipe_path: str, out: str, overrides: list[str]) -> None:
+    recipe = load_recipe(recipe_path, "ldm", ["train.eval_every=500", *overrides])
     run = new_run(Path(out), Path(recipe_path).stem)
     grid, save_grid, last = ldm_train.class_grid, ldm_train.save_class_grid, {}
 
@@ -95,6 +96,7 @@ def main() -> None:
     t = sub.add_parser("train")
     t.add_argument("recipe")
     t.add_argument("--out", default=str(HERE / "runs" / "snapshots"))
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe override, as vd's --set")
     j = sub.add_parser("judge")
     j.add_argument("run")
     j.add_argument("--guides", default="500,1000,2000")
@@ -102,7 +104,7 @@ def main() -> None:
     j.add_argument("--n", type=int, default=500)
     args = parser.parse_args()
     if args.what == "train":
-        train(args.recipe, args.out)
+        train(args.recipe, args.out, args.set)
     else:
         judge_guides(args.run, args.guides.split(","), [float(w) for w in args.weights.split(",")], args.n)
 

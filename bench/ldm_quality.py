@@ -6,7 +6,8 @@
 A setting is SAMPLER-STEPS[-ETA][-wGUIDANCE], e.g. ddim-50-0 (DDIM, 50 steps, η = 0, the recipe's
 guidance), ddim-50-0.5-w1, dpmpp-2m-20, ddpm-1000; or ``uncond`` (the null label with the
 recipe's sampler and its autoguidance, when the model kept a guide), ``uncond-w2`` (the same at
-w = 2), ``uncond-w1`` (the unconditional model alone). Each draws ``per_class`` images of every digit (for
+w = 2), ``uncond-w1`` (the unconditional model alone), ``uncond-dpmpp-2m-20`` (another sampler,
+the model alone) or ``uncond-dpmpp-2m-20-w3`` (another sampler, autoguided at 3). Each draws ``per_class`` images of every digit (for
 uncond: 10 × per_class images) from a fixed seed, in batches of 500, and reports
 - agreement: the fraction the judge classifies as the asked digit (not for uncond);
 - confident: the fraction classified with probability ≥ 0.9, whatever the class;
@@ -17,7 +18,8 @@ uncond: 10 × per_class images) from a fixed seed, in batches of 500, and report
   compare rows of equal count);
 - ms per image on this machine, sampling only (the judge's time excluded).
 Each setting appends one JSON line to bench/results.jsonl and writes bench/samples_<setting>.png
-(the first ten images of each digit, one row per digit).
+(the first ten images of each digit, one row per digit; for uncond, ten images from each batch of
+per_class, rows named by the samples' numbers: an unconditional row is not a digit).
 """
 
 import argparse
@@ -71,8 +73,10 @@ def parse_setting(name: str, ldm) -> dict:
         d = ldm.defaults
         w = ldm.autoguidance(None if m.group(1) is None else float(m.group(1)))
         return {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": w, "uncond": True}
-    if name.startswith("uncond-"):  # uncond-SAMPLER-STEPS[-ETA]: the unconditional model with another sampler
-        return {**parse_setting(name[len("uncond-"):], ldm), "guidance": 1.0, "uncond": True}
+    if name.startswith("uncond-"):  # uncond-SAMPLER-STEPS[-ETA][-wW]: another sampler, autoguided at W (default 1: none)
+        rest = parse_setting(name[len("uncond-"):], ldm)
+        w = ldm.autoguidance(rest["guidance"]) if re.search(r"-w[\d.]+$", name) else 1.0
+        return {**rest, "guidance": w, "uncond": True}
     m = re.fullmatch(r"(ddim|ddpm|dpmpp-2m)-(\d+)(?:-([\d.]+))?(?:-w([\d.]+))?", name)
     if not m:
         raise SystemExit(f"setting {name!r}: expected SAMPLER-STEPS[-ETA][-wGUIDANCE] or uncond")
@@ -123,7 +127,7 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         shown = torch.cat([samples[c * args.per_class : c * args.per_class + 10] for c in classes])
-        rows = [f"#{i}" for i in classes] if uncond else ldm.classes
+        rows = [f"{c * args.per_class + 1}-{c * args.per_class + 10}" for c in classes] if uncond else ldm.classes
         suffix = f"_{args.tag}" if args.tag else ""
         save_class_grid(shown, rows, 10, HERE / f"samples_{name}{suffix}.png")
         print(json.dumps(row), flush=True)
