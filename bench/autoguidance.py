@@ -2,7 +2,8 @@
 
     # 1. train a recipe, keeping the EMA denoiser's weights at every evaluation (every 500 steps)
     VD_DATA_ROOT=../shared/datasets python bench/autoguidance.py train recipes/mnist_latent.yaml --out bench/runs/snapshots
-    #    (--set vae.checkpoint=RUN/vae reuses a run's VAE: the shipped run's denoiser is then retrained bit for bit)
+    #    (--set vae.checkpoint=RUN/vae reuses a run's VAE: at the shipped run's thread count, its denoiser is
+    #     retrained bit for bit; at another, rounded differently)
     # 2. unconditional samples of the final model guided by each candidate, at each w
     VD_DATA_ROOT=../shared/datasets python bench/autoguidance.py judge RUN --guides 500,1000,2000 --weights 1,2,3 --n 500
 

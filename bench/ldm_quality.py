@@ -73,16 +73,17 @@ def parse_setting(name: str, ldm) -> dict:
         d = ldm.defaults
         w = ldm.autoguidance(None if m.group(1) is None else float(m.group(1)))
         return {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": w, "uncond": True}
-    if name.startswith("uncond-"):  # uncond-SAMPLER-STEPS[-ETA][-wW]: another sampler, autoguided at W (default 1: none)
-        rest = parse_setting(name[len("uncond-"):], ldm)
-        w = ldm.autoguidance(rest["guidance"]) if re.search(r"-w[\d.]+$", name) else 1.0
-        return {**rest, "guidance": w, "uncond": True}
-    m = re.fullmatch(r"(ddim|ddpm|dpmpp-2m)-(\d+)(?:-([\d.]+))?(?:-w([\d.]+))?", name)
+    # [uncond-]SAMPLER-STEPS[-ETA][-wW]: with uncond-, the null label autoguided at W (default 1: none)
+    m = re.fullmatch(r"(uncond-)?(ddim|ddpm|dpmpp-2m)-(\d+)(?:-([\d.]+))?(?:-w([\d.]+))?", name)
     if not m:
-        raise SystemExit(f"setting {name!r}: expected SAMPLER-STEPS[-ETA][-wGUIDANCE] or uncond")
-    sampler, steps, eta, w = m.groups()
+        raise SystemExit(f"setting {name!r}: expected [uncond-]SAMPLER-STEPS[-ETA][-wGUIDANCE] or uncond[-wGUIDANCE]")
+    uncond, sampler, steps, eta, w = m.groups()
+    if uncond:
+        guidance = ldm.autoguidance(float(w)) if w else 1.0
+    else:
+        guidance = float(w) if w else ldm.defaults.guidance
     return {"sampler": sampler, "steps": int(steps), "eta": float(eta) if eta else (1.0 if sampler == "ddpm" else 0.0),
-            "guidance": float(w) if w else ldm.defaults.guidance, "uncond": False}
+            "guidance": guidance, "uncond": bool(uncond)}
 
 
 def main() -> None:
