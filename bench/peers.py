@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from vdcli.device import prepare
+from vdcli.device import compiled, prepare
 from vdcli.diffusion import NoiseSchedule, diffusion_loss, guided, sample
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
@@ -72,7 +72,7 @@ def train_step(model, loss_of, lr: float, compile: bool = False, vd: bool = True
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=lr)
         clip = lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # noqa: E731
-    net = torch.compile(model) if compile else model
+    net = compiled(model) if compile else model  # as vd's trainer compiles
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -185,7 +185,7 @@ def unet_sample_case(compile: bool):
     g = torch.Generator().manual_seed(0)
     noise, y = torch.randn(BATCH, 4, 8, 8, generator=g), torch.arange(BATCH) % 10
     w, steps = 3.0, 50
-    vd_net = torch.compile(vd) if compile else vd
+    vd_net = compiled(vd) if compile else vd
 
     def vd_sample():
         return sample(guided(vd_net, y, w, 10), noise, schedule, "ddim", steps)
@@ -268,6 +268,7 @@ def main() -> None:
     print(f"{'case':<12} {'params vd/peer':>19} {'vd ms':>9} {'peer ms':>9} {'peer/vd':>8} {'vd FLOP/s':>10} {'peer FLOP/s':>11}")
     for name in args.cases.split(","):
         torch.manual_seed(0)
+        torch._dynamo.reset()  # each case compiles afresh: a network seen at a second batch would recompile for any shape, slower
         vd, vd_fn, peer, peer_fn, reps = CASES[name](args.compile)
         first = _time(vd_fn)  # the warm-up, and with --compile the compile: what a user running once pays too
         peer_fn()

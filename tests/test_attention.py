@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vdcli.models.attention import Attention, recording
+from vdcli.models.attention import Attention, attend, recording
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 
@@ -49,6 +49,36 @@ def test_explicit_and_fused_paths_compute_the_same_function():
     fused = attn(x, states, mask)
     explicit, _ = attn(x, states, mask, need_weights=True)
     assert torch.allclose(fused, explicit, atol=1e-5)
+
+
+def _compiled_ops(fn, *args) -> set[str]:
+    """The aten ops of ``fn``'s compiled forward graph (compiled with aot_eager: no inductor)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    ops: set[str] = set()
+
+    def record(gm, _):
+        ops.update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=aot_autograd(fw_compiler=record))(*args)
+    return ops, out
+
+
+def test_compiled_short_attention_takes_the_math_path_and_computes_the_same_function():
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(3, 1, 1, 16, generator=g) > 0.3
+    for kwargs in ({}, {"attn_mask": mask}, {"is_causal": True}):
+        q, k, v = (torch.randn(3, 4, 16, 8, generator=g) for _ in range(3))  # 16 x 16 pairs a head
+        eager = torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+        assert torch.equal(attend(q, k, v, **kwargs), eager)  # eager: the fused kernel itself
+        ops, out = _compiled_ops(lambda q, k, v: attend(q, k, v, **kwargs), q, k, v)  # noqa: B023
+        assert torch.allclose(out, eager, atol=1e-5), kwargs
+        assert not any("flash" in op for op in ops) and any("bmm" in op for op in ops), ops
+    q = torch.randn(3, 4, 32, 8, generator=g)  # 32 x 32 pairs: the fused kernel, compiled too
+    ops, _ = _compiled_ops(attend, q, q, q)
+    assert any("flash" in op for op in ops), ops
 
 
 def test_changing_a_real_token_changes_the_output_and_a_padding_token_does_not():

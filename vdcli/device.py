@@ -69,7 +69,16 @@ def frozen(model: nn.Module, device: torch.device, compile: bool = False) -> nn.
     gradients, and with ``compile`` run through ``torch.compile`` (samples then agree with eager
     ones to float tolerance, not bit for bit)."""
     model = prepare(model, device, compiled=compile).eval().requires_grad_(False)
-    return torch.compile(model) if compile else model
+    return compiled(model) if compile else model
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)``, the one place vd compiles. On the CPU with inductor's C++
+    wrapper, which calls the generated kernels from C++ instead of from a Python function: a
+    step of the U-Net runs about a hundred of them (its compiled training step: 2-3 points faster
+    against diffusers, bench/RESULTS.md). The first compile takes longer (about a minute)."""
+    cpu = next(model.parameters()).device.type == "cpu"
+    return torch.compile(model, options={"cpp_wrapper": True} if cpu else None)
 
 
 def channels_last(model: nn.Module) -> nn.Module:

@@ -38,7 +38,7 @@ from torch import nn
 
 from vdcli import distributed
 from vdcli.checkpoint import load_checkpoint, load_train_state, save_resumable
-from vdcli.device import autocast, prepare
+from vdcli.device import autocast, compiled, prepare
 from vdcli.errors import VdError
 from vdcli.images import loss_curve
 from vdcli.progress import Reporter, format_metrics
@@ -238,7 +238,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         quiet = quiet or rank > 0
     if cfg.compile:  # the wrapper only runs the loss; ``model`` is what is saved, so no ``_orig_mod.`` in the keys
-        net = torch.compile(net)
+        net = compiled(net)
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0

@@ -14,8 +14,7 @@ probabilities one way:
 A module built with ``context_dim`` is a cross-attention; one built without is a
 self-attention; each refuses the other's call. Probabilities are computed explicitly only when
 asked (``need_weights``) or while ``record`` holds a list (that is how ``vd attn-map`` averages
-them over steps); otherwise ``scaled_dot_product_attention`` computes the same function with
-fused kernels.
+them over steps); otherwise ``attend`` computes the same function with fused kernels.
 """
 
 from __future__ import annotations
@@ -25,6 +24,22 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, **kwargs)``: softmax(QK^T / √d) · V over [..., T, d] heads.
+
+    Eager, torch's fused kernel. Compiled, and with at most 256 query-key pairs a head (the
+    U-Net's 4x4 = 16 positions), the math backend instead: its matmuls and softmax are ordinary
+    ops that inductor fuses with their neighbours, where the fused kernel is an opaque call with
+    a fixed cost larger than this much work (the U-Net's compiled training step: 2-3 points
+    faster against diffusers; longer sequences and eager calls gain nothing; bench/RESULTS.md).
+    """
+    if torch.compiler.is_compiling() and q.shape[-2] * k.shape[-2] <= 256:
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
 class Attention(nn.Module):
@@ -70,7 +85,7 @@ class Attention(nn.Module):
             y = F.dropout(probs, p_drop) @ v  # (B, h, T, d)
         else:
             probs = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, h, T, d)
+            y = attend(q, k, v, attn_mask=mask, dropout_p=p_drop)  # (B, h, T, d)
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))  # heads side by side again: (B, T, C)
         return (y, probs) if need_weights else y
 

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from vdcli.config import Section
+from vdcli.models.attention import attend
 from vdcli.models.vit import MLP, ViT, ViTConfig, _init_linear, trunc_normal_
 
 
@@ -60,7 +61,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, T, d)
+        y = attend(q, k, v, is_causal=True)  # (B, h, T, d)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -31,7 +31,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
 from vdcli.config import Section
-from vdcli.models.attention import Attention
+from vdcli.models.attention import Attention, attend
 from vdcli.models.embeddings import ConditionEmbedding
 
 
@@ -117,7 +117,7 @@ class SelfAttention(nn.Module):
         # attention kernels need (strided ones fall back to the unfused math, on the CPU too).
         qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)  # (B, HW, 3C)
         q, k, v = qkv.view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, HW, hs)
-        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)  # heads side by side again
+        y = attend(q, k, v).transpose(1, 2).reshape(B, H * W, C)  # heads side by side again
         out = F.linear(y, self.proj.weight.flatten(1), self.proj.bias)  # (B, HW, C)
         return x + out.transpose(1, 2).reshape(B, C, H, W)
 

@@ -22,6 +22,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from vdcli.config import Section
+from vdcli.models.attention import attend
 from vdcli.models.patches import PatchEmbed
 
 
@@ -67,7 +68,7 @@ class Attention(nn.Module):
             y = F.dropout(probs, p_drop) @ v  # (B, h, T, d)
         else:
             probs = None
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop)  # (B, h, T, d)
+            y = attend(q, k, v, dropout_p=p_drop)  # (B, h, T, d)
         y = self.proj(y.transpose(1, 2).reshape(B, T, C))  # heads side by side again: (B, T, C)
         return (y, probs) if need_weights else y
 
