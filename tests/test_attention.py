@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from vdcli.conditioning import Cond
 from vdcli.models.attention import Attention, attend, recording
 from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
@@ -124,11 +125,11 @@ def test_text_denoiser_reads_its_prompt(build):
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
     states, mask = _context()
     pooled = states[:, 0]
-    out = net(x, t, context=states, context_mask=mask, pooled=pooled)
+    out = net(x, t, Cond(states=states, mask=mask, pooled=pooled))
     assert out.shape == x.shape
     changed = states.clone()
     changed[0, 2] = torch.randn(12)
-    out2 = net(x, t, context=changed, context_mask=mask, pooled=pooled)
+    out2 = net(x, t, Cond(states=changed, mask=mask, pooled=pooled))
     assert (out2[0] - out[0]).abs().max() > 1e-4
     assert torch.allclose(out2[1], out[1], atol=1e-6)
 
@@ -137,7 +138,7 @@ def test_text_denoiser_reads_its_prompt(build):
 def test_untrained_text_denoiser_predicts_zero_and_class_models_have_no_cross_attention(build):
     net = build(context_dim=12)
     states, mask = _context()
-    out = net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), context=states, context_mask=mask)
+    out = net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), Cond(states=states, mask=mask))
     assert out.abs().max() == 0
     assert any(".cross." in k for k in net.state_dict())
     assert not any("cross" in k or "text_proj" in k for k in build().state_dict())
@@ -150,8 +151,8 @@ def test_recording_collects_every_cross_attention_call(build):
     net = build(context_dim=12)
     states, mask = _context()
     with recording(net) as maps:
-        net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), context=states, context_mask=mask)
+        net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), Cond(states=states, mask=mask))
     assert maps and all(m.shape[0] == 2 and m.shape[-1] == 5 for m in maps)
     n = len(maps)
-    net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), context=states, context_mask=mask)
+    net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), Cond(states=states, mask=mask))
     assert len(maps) == n  # nothing is kept after the block

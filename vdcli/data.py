@@ -249,26 +249,6 @@ def read_mask(spec: str, size: int) -> torch.Tensor:
     return mask
 
 
-def parse_classes(spec: str, classes: list[str]) -> list[int]:
-    """'7', 'seven', '3,7', 'all' -> class indices; a miss names the nearest class."""
-    import difflib
-
-    if spec.strip().lower() == "all":
-        return list(range(len(classes)))
-    lower = [c.lower() for c in classes]
-    out = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        if part.isdigit() and int(part) < len(classes):
-            out.append(int(part))
-        elif part.lower() in lower:
-            out.append(lower.index(part.lower()))
-        else:
-            close = difflib.get_close_matches(part.lower(), lower, n=1)
-            hint = f"; did you mean '{classes[lower.index(close[0])]}'?" if close else ""
-            raise VdError(f"unknown class '{part}'{hint} (classes: 0..{len(classes) - 1} or {', '.join(classes)})")
-    return out
-
-
 # --- a dataset made in code, for tests and offline smoke runs -------------------------------
 
 SHAPES = ["square", "disk", "ring", "cross", "bar", "diamond"]

@@ -18,9 +18,8 @@ Conventions, in one place:
   (Hang et al. 2023, sec. 3.4) w(t) = min(SNR(t), γ) / SNR(t) for ε and
   min(SNR(t), γ) / (SNR(t) + 1) for v, where SNR(t) = ᾱ_t / (1 − ᾱ_t).
 - Samplers take any ``model_fn(x_t, t) -> prediction`` with t a LongTensor [B]; conditioning is
-  closed over by the caller, and classifier-free guidance (Ho & Salimans 2022, eq. 6) is just
-  such a model_fn (``guided``), as is autoguidance (Karras et al. 2024) for samples without a
-  condition (``autoguided``).
+  closed over by the caller, and guidance (classifier-free, Ho & Salimans 2022, eq. 6, or
+  autoguidance, Karras et al. 2024) is just such a model_fn (``conditioning.guided``).
 - DDPM (DDPM eq. 6-7): x_{t−1} ~ q(x_{t−1} | x_t, x̂_0) = N(μ̃_t, β̃_t I) with
       μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) x_t,
       β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) β_t,
@@ -423,50 +422,7 @@ def ddim_invert(model_fn: ModelFn, x0: torch.Tensor, schedule: NoiseSchedule, st
     return x
 
 
-# --- building blocks for model_fn and for walks through noise ----------------------------------
-
-
-def guided(net: Callable, y: torch.Tensor, w: float, null_class: int) -> ModelFn:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a model_fn, in one batched call.
-
-    out = out_uncond + w (out_cond − out_uncond), where ``net(x, t, y)`` is the conditional
-    network and the label ``null_class`` means "no condition" (the label dropped in training).
-    Applied to the raw output, which is right for ε and v alike: both are linear in it.
-    w = 1 is exactly the conditional model and skips the unconditional half; w = 0 is the
-    unconditional model.
-    """
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if w == 1.0:
-            return net(x, t, y)
-        null = torch.full_like(y, null_class)
-        both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, ...)
-        cond, uncond = both.chunk(2)  # (B, ...) each
-        return uncond + w * (cond - uncond)
-
-    return model_fn
-
-
-def autoguided(net: ModelFn, guide: ModelFn, w: float) -> ModelFn:
-    """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself",
-    eq. 2) as a model_fn:
-
-        out = out_guide + w (out − out_guide),
-
-    classifier-free guidance's form with the unconditional model replaced by ``guide``, a weaker
-    version of the same model (in vd: its own averaged weights early in training). It needs no
-    condition, so it is the guidance an unconditional sample can have: where the good model has
-    learned more than the bad one (sharper digits, fewer scribbles) the difference is amplified.
-    w = 1 is ``net`` alone, w = 0 the guide alone.
-    """
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if w == 1.0:
-            return net(x, t)
-        out, bad = net(x, t), guide(x, t)
-        return bad + w * (out - bad)
-
-    return model_fn
+# --- walks through noise ----------------------------------------------------------------------
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:

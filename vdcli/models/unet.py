@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
+from vdcli.conditioning import Cond
 from vdcli.config import Section
 from vdcli.models.attention import Attention, attend
 from vdcli.models.embeddings import ConditionEmbedding
@@ -177,7 +178,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """(x_t [B, C, S, S], t [B], y [B]) -> [B, C, S, S]."""
+    """(x_t [B, C, S, S], t [B], cond) -> [B, C, S, S]."""
 
     def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, num_classes: int,
                  context_dim: int | None = None):
@@ -227,25 +228,26 @@ class UNet(nn.Module):
         self.norm_out = _norm(c)
         self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))  # the untrained model predicts 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                control: list[torch.Tensor] | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, C, H, W]; t [B] integer or fractional timesteps; y [B] labels in 0..num_classes (the null),
-        or None for a model built with num_classes = 0.
-
-        A model built with ``context_dim`` (text conditioning) takes instead ``context`` [B, L, context_dim],
-        the text encoder's token states, with ``context_mask`` [B, L] (True = a real token), and
-        optionally ``pooled`` [B, context_dim], the whole prompt's state, added to the time embedding.
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | None = None,
+                control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, C, H, W]; t [B] integer or fractional timesteps; ``cond`` what the model was built to
+        read (``conditioning.Cond``): ``labels`` [B] in 0..num_classes (the null) for a class model;
+        for a model built with ``context_dim`` (text), ``states`` [B, L, context_dim], the text
+        encoder's token states, with ``mask`` [B, L] (True = a real token) and optionally ``pooled``
+        [B, context_dim], the whole prompt's state, added to the time embedding; None for a model
+        built with neither.
 
         ``control``: a ControlNet's residuals (Zhang et al. 2023, sec. 3.2), one per skip
         connection in the order the down path makes them, then one for the middle block's output;
         each is added to what it matches before the up path reads it.
         """
         # Ho et al. apply this SiLU in every block, before its projection of emb: the same function, computed once.
+        cond = cond if cond is not None else Cond()
+        context, context_mask = cond.states, cond.mask
         if (context is None) != (self.context_dim is None):
             raise ValueError("this U-Net was built " + ("with a context_dim: give it a context" if context is None
                                                         else "without a context_dim (no text conditioning)"))
-        emb = F.silu(self.cond(t, y, pooled))  # (B, emb_dim)
+        emb = F.silu(self.cond(t, cond.labels, cond.pooled))  # (B, emb_dim)
         h = self.conv_in(x)  # (B, widths[0], H, W)
         skips = [h]
         for layer in self.down:
