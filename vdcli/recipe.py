@@ -17,7 +17,8 @@ import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from vdcli.config import Section
-from vdcli.diffusion import DiffusionConfig
+from vdcli.controls import Control
+from vdcli.diffusion import DiffusionConfig, Sampler
 from vdcli.errors import VdError
 from vdcli.models.clip import CLIPConfig
 from vdcli.models.dit import DiTConfig
@@ -96,7 +97,7 @@ class CLIPTrainConfig(TrainConfig):
 class SampleConfig(Section):
     """Defaults for ``vd sample`` and the grids written during training."""
 
-    sampler: Literal["ddim", "ddpm", "dpmpp-2m"] = "ddim"
+    sampler: Sampler = "ddim"
     steps: int = Field(50, gt=0)
     eta: float = Field(0.0, ge=0)  # DDIM only
     guidance: float = Field(3.0, ge=0)  # classifier-free guidance of a class or prompt; 1 = off
@@ -116,8 +117,9 @@ def _arch(value: Any) -> str:
     return value.get("arch", "unet") if isinstance(value, dict) else getattr(value, "arch", "unet")
 
 
-# model.arch picks the denoiser; without it, the U-Net.
-Denoiser = Annotated[Union[Annotated[UNetSection, Tag("unet")], Annotated[DiTSection, Tag("dit")]], Discriminator(_arch)]
+# model.arch picks the denoiser; without it, the U-Net. Each section's arch Literal is its one name.
+DENOISERS: dict[str, type[Section]] = {c.model_fields["arch"].default: c for c in (UNetSection, DiTSection)}
+Denoiser = Annotated[Union[tuple(Annotated[c, Tag(arch)] for arch, c in DENOISERS.items())], Discriminator(_arch)]
 
 
 class ViTRecipe(Section):
@@ -181,16 +183,15 @@ class ControlNetRecipe(Section):
 
     kind: Literal["controlnet"] = "controlnet"
     base: str  # the LDM run folder or checkpoint to control (vd train-ldm)
-    control: Literal["edges", "scribble", "depth"] = "scribble"  # vdcli/controls.py
+    control: Control = "scribble"  # vdcli/controls.py
     train: ControlNetTrainConfig = ControlNetTrainConfig()
 
 
 DENOISER_RECIPES = {"unet": "recipes/mnist_latent.yaml", "dit": "recipes/mnist_latent_dit.yaml"}
 NAMES = {"unet": "U-Net", "dit": "DiT"}
-RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe, "clip": CLIPRecipe,
-                                     "controlnet": ControlNetRecipe}
-COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm", "clip": "vd train-clip",
-            "controlnet": "vd train-controlnet"}
+RECIPES: dict[str, type[Section]] = {c.model_fields["kind"].default: c  # each recipe's kind Literal is its one name
+                                     for c in (ViTRecipe, VAERecipe, LDMRecipe, CLIPRecipe, ControlNetRecipe)}
+COMMANDS = {kind: f"vd train-{kind}" for kind in RECIPES}
 SHIPPED = {"vit": "recipes/mnist_vit.yaml", "vae": "recipes/mnist_vae.yaml", "ldm": "recipes/mnist_latent.yaml",
            "clip": "recipes/mnist_clip.yaml", "controlnet": "recipes/mnist_controlnet.yaml"}
 
@@ -260,10 +261,9 @@ def _switch_denoiser(raw: dict, set_lines: dict, source: str, lines: dict, notes
     if ("model", "arch") not in set_lines or not isinstance(raw.get("model"), dict):
         return
     arch = raw["model"].get("arch")
-    sections = {"unet": UNetSection, "dit": DiTSection}
-    if arch not in sections:
+    if arch not in DENOISERS:
         return  # the union's own error lists the valid values
-    valid = sections[arch].model_fields
+    valid = DENOISERS[arch].model_fields
     dropped = [k for k in raw["model"] if k not in valid and ("model", k) not in set_lines]
     if not dropped:
         return
