@@ -1,4 +1,5 @@
-"""Recipe loading: every way a recipe can be wrong names the file, the line and the key."""
+"""Recipe loading: every way a recipe can be wrong names the file, the line and the key; and every
+set of choices a recipe offers (samplers, schedules, controls, kinds) is the set the code implements."""
 
 import typing
 from pathlib import Path
