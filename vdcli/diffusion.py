@@ -50,7 +50,7 @@ Conventions, in one place:
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 from pydantic import Field
@@ -59,20 +59,26 @@ from vdcli.config import Section
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
-SAMPLERS = ("ddim", "ddpm", "dpmpp-2m")
+# Each set of choices is spelled once, in its Literal; the tuples, the recipe (recipe.py) and the CLI's checks derive from it.
+Sampler = Literal["ddim", "ddpm", "dpmpp-2m"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+Schedule = Literal["linear", "scaled_linear", "cosine"]  # make_betas
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+Prediction = Literal["eps", "v"]  # what the network outputs (ε or v)
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 
 
 class DiffusionConfig(Section):
-    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
+    schedule: Schedule = "linear"
     timesteps: int = Field(1000, ge=2)  # T
-    prediction: Literal["eps", "v"] = "eps"
+    prediction: Prediction = "eps"
     min_snr_gamma: float | None = Field(None, gt=0)  # Hang et al. 2023 use γ = 5, the MNIST recipe 1; None: plain MSE
 
 
 # --- schedules --------------------------------------------------------------------------------
 
 
-def make_betas(schedule: str, T: int) -> torch.Tensor:
+def make_betas(schedule: Schedule, T: int) -> torch.Tensor:
     """β_0 … β_{T−1}, float64."""
     if schedule == "linear":  # DDPM sec. 4, scaled for T = 1000
         return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
@@ -83,15 +89,15 @@ def make_betas(schedule: str, T: int) -> torch.Tensor:
         f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
         # β_t = 1 − ᾱ_t / ᾱ_{t−1}, clipped (their sec. 3.2) so the last steps are not singular
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    raise ValueError(f"unknown noise schedule {schedule!r}; expected linear, scaled_linear or cosine")
+    raise ValueError(f"unknown noise schedule {schedule!r}; expected {', '.join(SCHEDULES[:-1])} or {SCHEDULES[-1]}")
 
 
 class NoiseSchedule:
     """β_t and ᾱ_t of one schedule, and what the network predicts (ε or v)."""
 
-    def __init__(self, schedule: str = "linear", timesteps: int = 1000, prediction: str = "eps"):
-        if prediction not in ("eps", "v"):
-            raise ValueError(f"unknown prediction {prediction!r}; expected eps or v")
+    def __init__(self, schedule: Schedule = "linear", timesteps: int = 1000, prediction: Prediction = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected {', '.join(PREDICTIONS[:-1])} or {PREDICTIONS[-1]}")
         self.T = timesteps
         self.prediction = prediction
         self.betas = make_betas(schedule, timesteps)  # (T,) float64
@@ -365,7 +371,7 @@ def sample(
     model_fn: ModelFn,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    sampler: Literal["ddim", "ddpm", "dpmpp-2m"] = "ddim",
+    sampler: Sampler = "ddim",
     steps: int = 50,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
