@@ -27,7 +27,7 @@ Conventions, in one place:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, ClassVar, Protocol, Sequence
+from typing import Callable, ClassVar, Literal, Protocol, Sequence, get_args
 
 import difflib
 
@@ -37,6 +37,7 @@ from torch.nn import functional as F
 from vdcli.errors import VdError
 
 Request = list  # list[int] (class indices) or list[str] (prompts), one per image
+ConditioningKind = Literal["class", "none", "text"]  # a recipe's conditioning: setting, one strategy each (STRATEGIES)
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,7 @@ def _quote(text: str) -> str:
 
 
 STRATEGIES: dict[str, type[Conditioning]] = {c.name: c for c in (ClassLabels, Unconditional, Text)}
+assert tuple(STRATEGIES) == get_args(ConditioningKind), "one strategy per conditioning setting"
 
 
 def strategy(name: str, classes: list[str], text: TextEncoder | None = None, captioner=None) -> Conditioning:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
+from vdcli.conditioning import ConditioningKind
 from vdcli.config import Section
 from vdcli.controls import Control
 from vdcli.diffusion import DiffusionConfig, Sampler
@@ -164,7 +165,7 @@ class LDMRecipe(Section):
     # class: the denoiser takes a class label (and a null label, for guidance); none: no label at all,
     # for image folders without classes (sampling then takes no --class and no guidance); text: the
     # frozen CLIP text tower's token states, through cross-attention (the clip: stage below)
-    conditioning: Literal["class", "none", "text"] = "class"
+    conditioning: ConditioningKind = "class"
     data: DataConfig = DataConfig()
     vae: VAEStage = VAEStage()
     clip: CLIPStage = CLIPStage()  # conditioning: text only
