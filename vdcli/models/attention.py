@@ -92,7 +92,8 @@ class Attention(nn.Module):
         h = self.heads
         if self.context_dim is None:
             if context is not None or context_mask is not None:
-                raise ValueError("this attention was built without a context_dim (self-attention) but was given a context or context_mask")
+                raise ValueError("this attention was built without a context_dim (self-attention) "
+                                 "but was given a context or context_mask")
             q, k, v = (split_heads(t, h) for t in self.qkv(x).chunk(3, dim=-1))  # 3 x (B, h, T, d)
             mask = None
         else:

@@ -6,9 +6,10 @@ Read top to bottom: ``TextConfig``, ``CLIPConfig``, ``TextBlock``, ``TextTransfo
 - Image tower: vd's ViT (``models/vit.py``), whose linear head is CLIP's image projection W_i:
   the normed class-token state -> the joint embedding space.
 - Text tower (the paper's sec. 2.4, as in GPT-2): token + position embeddings, pre-norm blocks
-  with a causal mask (vd's one ``Attention``, ``causal=True``), a final LayerNorm. The state at the end-of-text token (``[END]``, the last
-  real token, see ``tokenizer.py``) sees the whole prompt; projected by W_t it is the text's
-  embedding. The token states before projection are what a text-conditioned denoiser attends to.
+  with a causal mask (vd's one ``Attention``, ``causal=True``), a final LayerNorm. The state at
+  the end-of-text token (``[END]``, the last real token, see ``tokenizer.py``) sees the whole
+  prompt; projected by W_t it is the text's embedding. ``TextTransformer.attention_maps`` gives
+  each layer's probabilities. The token states before projection are what a text-conditioned denoiser attends to.
 - Both embeddings are L2-normalised; logits = exp(t) · I_e T_e^T with a learned temperature t,
   initialised to log(1 / 0.07) and clipped so that exp(t) ≤ 100 (sec. 2.5).
 - The loss is the symmetric cross-entropy of the paper's fig. 3: each image must pick its own
