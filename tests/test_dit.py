@@ -5,7 +5,7 @@ import torch
 from pydantic import ValidationError
 
 from vdcli.conditioning import Cond
-from vdcli.models import vit
+from vdcli.models import attention, vit
 from vdcli.models.dit import DiT, DiTConfig
 
 NUM_CLASSES = 10  # so y = 10 is the null class
@@ -85,9 +85,9 @@ def test_integer_and_float_timesteps_mean_the_same():
     assert torch.allclose(model(x, t, Cond(labels=y)), model(x, t.float(), Cond(labels=y)))
 
 
-def test_dit_is_built_from_the_vit_attention_and_mlp():
+def test_dit_is_built_from_the_one_attention_and_the_vit_mlp():
     block = tiny().blocks[0]
-    assert type(block.attn) is vit.Attention and type(block.mlp) is vit.MLP
+    assert type(block.attn) is attention.Attention and type(block.mlp) is vit.MLP
 
 
 def test_latent_size_must_be_a_multiple_of_the_patch_size():
