@@ -9,7 +9,8 @@ from test_cli import TINY_LDM, ok, recipe, vd
 
 from vdcli.conditioning import Cond
 from vdcli.controls import CONTROLS, control_map
-from vdcli.models.controlnet import ControlNet, Controlled
+from vdcli.models.controlnet import ControlNet, Controlled, DiTControlNet, controlnet_for
+from vdcli.models.dit import DiT, DiTConfig
 from vdcli.models.unet import UNet, UNetConfig
 
 
@@ -133,3 +134,59 @@ def test_a_text_base_trains_a_controlnet_and_samples_a_row_per_map_a_column_per_
     assert "1 control maps x 4 images" in out and "a disk, square" in out
     result = vd("sample", "--controlnet", "runs/cnt/latest", "--control", "synthetic:test:0", "--class", "disk", "--prompt", "disk")
     assert result.exit_code == 2
+
+
+def _trained_dit(context_dim=None):
+    torch.manual_seed(0)
+    base = DiT(DiTConfig(patch_size=2, dim=32, depth=4, heads=4), 8, 4, 0 if context_dim else 3, context_dim=context_dim)
+    for p in base.parameters():  # a "trained" base: no zero layers left
+        torch.nn.init.normal_(p, std=0.05)
+    return base
+
+
+@pytest.mark.parametrize("context_dim", [None, 12], ids=["class", "text"])
+def test_a_dit_controlnet_copies_the_first_blocks_and_starts_as_exactly_the_base(context_dim):
+    base = _trained_dit(context_dim)
+    net = controlnet_for(base, factor=4)
+    assert isinstance(net, DiTControlNet) and len(net.blocks) == 2  # half the base's blocks
+    assert all(torch.equal(a, b) for a, b in zip(net.blocks.state_dict().values(), base.blocks[:2].state_dict().values()))
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    cond = Cond(labels=torch.tensor([0, 3])) if context_dim is None else \
+        Cond(states=torch.randn(2, 5, 12), mask=torch.ones(2, 5, dtype=torch.bool), pooled=torch.randn(2, 12))
+    hint = torch.rand(1, 1, 32, 32)
+    assert torch.equal(Controlled(base, net, hint)(x, t, cond), base(x, t, cond))
+    # ... and every new weight is reachable: the zero linears get gradient from the first step
+    Controlled(base, net, hint)(x, t, cond).pow(2).sum().backward()
+    assert all(z.weight.grad is not None and z.weight.grad.abs().sum() > 0 for z in net.zero)
+
+
+def test_a_dit_controlnet_steers_its_base_once_trained():
+    base = _trained_dit()
+    net = controlnet_for(base, factor=4)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, t, cond = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), Cond(labels=torch.tensor([0, 3]))
+    a, b = torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32)
+    assert not torch.allclose(Controlled(base, net, a)(x, t, cond), Controlled(base, net, b)(x, t, cond))
+    assert torch.equal(Controlled(base, net, b, scale=0.0)(x, t, cond), base(x, t, cond))
+
+
+TINY_DIT = ["--set", "model.arch=dit", "--set", "model.dim=32", "--set", "model.depth=2", "--set", "model.heads=2"]
+
+
+def test_a_text_dit_and_a_controlnet_on_a_dit_train_and_sample_through_the_same_commands(tmp_path):
+    from test_text_ldm import TINY_TEXT
+
+    unet_only = {"--set model.channels=16", "--set model.blocks_per_level=1"}
+    tiny = [a for pair in zip(TINY_LDM[::2], TINY_LDM[1::2]) if f"{pair[0]} {pair[1]}" not in unet_only for a in pair]
+    ok("train-ldm", recipe(tmp_path, "td", "ldm"), *tiny, *TINY_TEXT, *TINY_DIT, "--quiet")
+    ckpt_meta = Path("runs/td/latest/checkpoint.safetensors")
+    out = ok("sample", "--checkpoint", "runs/td/latest", "--prompt", "a disk", "--n", 2, "--steps", 3, "--out", tmp_path / "s")
+    assert "2 images" in out and ckpt_meta.is_file()
+    cn = tmp_path / "cnd.yaml"
+    cn.write_text("kind: controlnet\nbase: runs/td/latest\ncontrol: edges\n")
+    out = ok("train-controlnet", cn, "--set", "train.steps=4", "--set", "train.batch_size=16", "--set", "train.eval_every=4")
+    assert "ControlNet trained: 4 steps" in out
+    out = ok("sample", "--controlnet", "runs/cnd/latest", "--control", "synthetic:test:0", "--prompt", "a disk", "--n", 2,
+             "--steps", 3, "--out", tmp_path / "c")
+    assert "1 control maps x 2 images" in out
