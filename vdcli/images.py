@@ -220,3 +220,43 @@ def hstack(panels: list[Image.Image], captions: list[str] | None = None, gap: in
             draw.text((x + p.width // 2, p.height + 4), captions[i], fill=(0, 0, 0), font=font, anchor="mt")
         x += p.width + gap
     return out
+
+
+def position_similarity_image(similarity: torch.Tensor, rows: int, cols: int, out: Path, title: str | None = None) -> Path:
+    """The grid of Dosovitskiy et al. (2021) fig. 7 centre: tile (r, c) is patch (r, c)'s cosine similarity
+    to every patch, itself a rows x cols map; ``similarity`` is [N, N], N = rows * cols, row-major."""
+    import numpy as np
+
+    plt = _pyplot()
+    sim = similarity.float().view(rows, cols, rows, cols).cpu().numpy()
+    gap = 1  # one blank pixel between tiles, drawn white (NaN)
+    side_r, side_c = rows * (rows + gap) - gap, cols * (cols + gap) - gap
+    canvas = np.full((side_r, side_c), np.nan)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = r * (rows + gap), c * (cols + gap)
+            canvas[top : top + rows, left : left + cols] = sim[r, c]
+    cmap = _colormap("viridis").copy()
+    cmap.set_bad("white")
+    fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
+    shown = ax.imshow(canvas, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    centres_r = [r * (rows + gap) + (rows - 1) / 2 for r in range(rows)]
+    centres_c = [c * (cols + gap) + (cols - 1) / 2 for c in range(cols)]
+    ax.set_yticks(centres_r, [str(r + 1) for r in range(rows)])
+    ax.set_xticks(centres_c, [str(c + 1) for c in range(cols)])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+    fig.tight_layout()
+    return _save_fig(fig, out)
+
+
+def _colormap(name: str):
+    import matplotlib
+
+    return matplotlib.colormaps[name]

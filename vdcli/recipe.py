@@ -22,6 +22,7 @@ from vdcli.config import Section
 from vdcli.diffusion import DiffusionConfig
 from vdcli.errors import VdError
 from vdcli.models.clip import CLIPConfig
+from vdcli.models.cnn import CNNConfig
 from vdcli.models.dit import DiTConfig
 from vdcli.models.unet import UNetConfig
 from vdcli.models.vae import VAEConfig
@@ -120,10 +121,26 @@ def _arch(value: Any) -> str:
 Denoiser = Annotated[Union[Annotated[UNetSection, Tag("unet")], Annotated[DiTSection, Tag("dit")]], Discriminator(_arch)]
 
 
+class ViTSection(ViTConfig):
+    arch: Literal["vit"] = "vit"
+
+
+class CNNSection(CNNConfig):
+    arch: Literal["cnn"] = "cnn"
+
+
+def _classifier_arch(value: Any) -> str:
+    return value.get("arch", "vit") if isinstance(value, dict) else getattr(value, "arch", "vit")
+
+
+# model.arch picks the classifier; without it, the ViT. The CNN is the inductive-bias baseline (models/cnn.py).
+Classifier = Annotated[Union[Annotated[ViTSection, Tag("vit")], Annotated[CNNSection, Tag("cnn")]], Discriminator(_classifier_arch)]
+
+
 class ViTRecipe(Section):
     kind: Literal["vit"] = "vit"
     data: DataConfig = DataConfig()
-    model: ViTConfig = ViTConfig()
+    model: Classifier = ViTSection()
     train: ViTTrainConfig = ViTTrainConfig()
 
 
@@ -333,6 +350,8 @@ def _conflicts(recipe: Section) -> list[tuple[tuple[tuple[str, ...], ...], str]]
     if isinstance(recipe, ControlNetRecipe):
         return out  # its shapes are the base's: checked when the base is read
     size = recipe.data.image_size
+    if isinstance(recipe, ViTRecipe) and recipe.model.arch == "cnn":
+        return out  # no patches to fit
     if isinstance(recipe, (ViTRecipe, CLIPRecipe)):
         model = recipe.model if isinstance(recipe, ViTRecipe) else recipe.model.image  # CLIP's image tower is a ViT
         p, key = model.patch_size, ("model", "patch_size") if isinstance(recipe, ViTRecipe) else ("model", "image", "patch_size")
