@@ -236,8 +236,7 @@ def position_similarity_image(similarity: torch.Tensor, rows: int, cols: int, ou
         for c in range(cols):
             top, left = r * (rows + gap), c * (cols + gap)
             canvas[top : top + rows, left : left + cols] = sim[r, c]
-    cmap = _colormap("viridis").copy()
-    cmap.set_bad("white")
+    cmap = _colormap("viridis").with_extremes(bad="white")
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
     shown = ax.imshow(canvas, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     centres_r = [r * (rows + gap) + (rows - 1) / 2 for r in range(rows)]

@@ -60,6 +60,7 @@ def attn_map_cmd(
     image: Annotated[Optional[str], typer.Argument(help="An image file, or a dataset reference such as mnist:test:42 (not with --prompt).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="A ViT checkpoint or run folder (default: the newest ViT run); with --prompt, a text LDM's.")] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Generate an image for this prompt with a text LDM (--checkpoint) and show each word's cross-attention over it.")] = None,
+    positions: Annotated[bool, typer.Option("--positions", help="Draw how similar the learned position embeddings of every two patches are (a ViT, or a CLIP's image tower); no IMAGE.")] = False,
     steps: Annotated[int, typer.Option(help="With --prompt: DDIM steps (the maps are averaged over them).", min=1)] = 50,
     seed: Annotated[int, typer.Option(help="With --prompt: same seed, same image.", min=0, max=2**32 - 1)] = 0,
     layer: Annotated[int, typer.Option(help="Layer whose heads to show; -1 is the last.")] = -1,
@@ -76,7 +77,12 @@ def attn_map_cmd(
 
     Example: [bold]vd attn-map mnist:test:42 --mode rollout --fusion max[/]
     A text LDM: [bold]vd attn-map --prompt "a bold seven" --checkpoint runs/mnist_text/<time>[/]
+    Position embeddings: [bold]vd attn-map --positions[/] (the newest ViT run, or --checkpoint a ViT or CLIP)
     """
+    if positions:
+        if image is not None or prompt is not None:
+            raise VdError("--positions draws the checkpoint's position embeddings, not an image's attention; leave IMAGE and --prompt out")
+        return _positions_map(checkpoint, out, device)
     if prompt is not None:
         if image is not None:
             raise VdError(f"IMAGE {image} and --prompt: with --prompt the image is generated; leave IMAGE out")
@@ -125,6 +131,33 @@ def attn_map_cmd(
         f"{what}: predicted [bold]{spec['classes'][top]}[/] with probability {maps.probs[top]:.1%}",
         f"wrote {out}/: " + ", ".join(p.name for p in written),
     )
+
+
+def _positions_map(checkpoint: str | None, out: Path, device: str) -> None:
+    from vdcli.checkpoint import KINDS, load_checkpoint
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.vit import draw_position_similarity, load_vit
+
+    check_input(checkpoint, "--checkpoint")
+    check_out(out)
+    where = check_device(device)
+    path, found = find_checkpoint(checkpoint, "vit")
+    ckpt = load_checkpoint(path)
+    if ckpt.kind == "clip":
+        from vdcli.tasks.clip import load_clip
+
+        model, what = load_clip(ckpt, where)[0].image, "the CLIP's image tower"
+    elif ckpt.kind == "vit":
+        model, what = load_vit(ckpt, where), "the ViT"
+    else:
+        raise VdError(f"{path} is {KINDS[ckpt.kind]}; --positions needs a ViT (vd train-vit) or a CLIP (vd train-clip) checkpoint")
+    out.mkdir(parents=True, exist_ok=True)
+    n = model.grid_size
+    written = draw_position_similarity(model, out / "position_similarity.png", f"position embeddings of {what}: {n}x{n} patches")
+    say(f"using {found}",
+        f"cosine similarity of the learned position embedding of each of {n * n} patches with every other's ({what}, "
+        "the class token left out)",
+        f"wrote {written}")
 
 
 def _prompt_attn_map(prompt: str, checkpoint: str | None, steps: int, seed: int, out: Path, device: str) -> None:

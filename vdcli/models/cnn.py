@@ -15,8 +15,9 @@ Read top to bottom: ``CNNConfig``, ``ConvBlock``, ``CNN``.
 - Translation equivariance: one kernel is slid over every position, so shifting the input shifts
   the feature map (up to the borders, and up to the stride of the 2x2 max-pools between stages).
   The normalisation keeps it: ``GroupNorm(1, C)`` takes its statistics over the whole map. The
-  global average pool at the end turns equivariance into invariance: the class does not depend
-  on where the digit sits. A ViT's patch embedding is a stride-P convolution, equivariant to
+  global average pool at the end turns equivariance into (approximate) invariance: where the
+  digit sits matters little to the class; exactly so only far from the borders, and the zero
+  padding's border effect reaches across the small last maps. A ViT's patch embedding is a stride-P convolution, equivariant to
   shifts by whole patches only, and its position embedding breaks even that.
 
 Layout: ``len(channels)`` stages of ``convs`` x (3x3 conv, GroupNorm, GELU), a 2x2 max-pool

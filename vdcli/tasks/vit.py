@@ -117,9 +117,13 @@ def predict(model: ViT, data: ImageSet, device: torch.device, batch: int = 500) 
     return torch.cat(out)
 
 
-def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> ViTSummary:
+def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False,
+          test_images: int | None = None) -> ViTSummary:
+    """``test_images``: score on the first that many test images only (a benchmark's time budget); None: all."""
     train_set = load_split(recipe.data, "train", data_root)
     test_set = load_split(recipe.data, "test", data_root)
+    if test_images is not None:
+        test_set = test_set.take(torch.arange(min(test_images, len(test_set))))
     spec = data_spec(recipe.data, train_set)
     meta = {"model": recipe.model.model_dump(), "data": spec, "recipe": recipe.model_dump(mode="json")}
     cfg = recipe.train
