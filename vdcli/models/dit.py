@@ -1,7 +1,7 @@
 """A DiT denoiser (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"), all of it here.
 
-A ViT over latent patches: the same ``PatchEmbed``, and the ViT's ``Attention`` and ``MLP``
-imported from ``vit.py``. What is new is how time t and class y enter (sec. 3.2, "adaLN-Zero"):
+A ViT over latent patches: the same ``PatchEmbed``, vd's one ``Attention`` (``attention.py``)
+and the ViT's ``MLP``. What is new is how time t and class y enter (sec. 3.2, "adaLN-Zero"):
 ``ConditionEmbedding`` turns (t, y) into one vector c, and every block regresses from c a shift,
 a scale and a gate for each of its two branches:
 
@@ -27,10 +27,10 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from vdcli.config import Section
-from vdcli.models.attention import Attention as CrossAttention
+from vdcli.models.attention import Attention
 from vdcli.models.embeddings import ConditionEmbedding
 from vdcli.models.patches import PatchEmbed, unpatchify
-from vdcli.models.vit import MLP, Attention, trunc_normal_
+from vdcli.models.vit import MLP, trunc_normal_
 
 
 class DiTConfig(Section):
@@ -64,7 +64,7 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # c -> 2 x (shift, scale, gate)
         if context_dim:  # DiT's "cross-attention block" (sec. 3.2), between self-attention and MLP; class models have none
             self.norm_cross = nn.LayerNorm(dim)
-            self.cross = CrossAttention(dim, heads, context_dim)
+            self.cross = Attention(dim, heads, context_dim=context_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -31,7 +31,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
 from vdcli.config import Section
-from vdcli.models.attention import Attention, attend
+from vdcli.models.attention import Attention, attend, merge_heads, split_heads
 from vdcli.models.embeddings import ConditionEmbedding
 
 
@@ -100,7 +100,15 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention among the H*W positions of a feature map, plus the input."""
+    """Multi-head self-attention among the H*W positions of a feature map, plus the input.
+
+    Why not ``attention.Attention``: its parameters are 1x1 convs, ``qkv.weight`` [3C, C, 1, 1]
+    and ``proj.weight`` [C, C, 1, 1] (as in Ho et al.'s code), where ``Attention`` holds Linear
+    weights [3C, C] and [C, C]; and it owns a GroupNorm and the residual over a feature map.
+    Wrapping ``Attention`` would change the state dict's keys (``attn.qkv`` ->
+    ``attn.attn.qkv``) and shapes, and every U-Net checkpoint with them. What is shared is
+    the attention itself: the same ``split_heads`` / ``merge_heads`` and the same ``attend``.
+    """
 
     def __init__(self, channels: int, heads: int):
         super().__init__()
@@ -116,8 +124,8 @@ class SelfAttention(nn.Module):
         # tokens: q, k and v then come out with the head width contiguous, the layout the fused
         # attention kernels need (strided ones fall back to the unfused math, on the CPU too).
         qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)  # (B, HW, 3C)
-        q, k, v = qkv.view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, HW, hs)
-        y = attend(q, k, v).transpose(1, 2).reshape(B, H * W, C)  # heads side by side again
+        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # 3 x (B, nh, HW, hs)
+        y = merge_heads(attend(q, k, v))  # (B, HW, C)
         out = F.linear(y, self.proj.weight.flatten(1), self.proj.bias)  # (B, HW, C)
         return x + out.transpose(1, 2).reshape(B, C, H, W)
 
@@ -128,7 +136,7 @@ class CrossAttention(nn.Module):
     def __init__(self, channels: int, heads: int, context_dim: int):
         super().__init__()
         self.norm = _norm(channels)
-        self.attn = Attention(channels, heads, context_dim)
+        self.attn = Attention(channels, heads, context_dim=context_dim)
         _zero(self.attn.proj)  # starts as the identity, like every other block here
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
