@@ -128,12 +128,14 @@ def main() -> None:
     parser.add_argument("--plot-only", action="store_true", help="redraw the plot from results.jsonl; train nothing")
     args = parser.parse_args()
     if args.plot_only:
-        print(f"wrote {plot(latest_rows(), args.out)}")
+        rows = latest_rows()
+        print(f"wrote {plot(rows, args.out)} from {len(rows)} rows" if rows else "no inductive_bias rows in bench/results.jsonl: nothing drawn")
         return
 
     data_root = os.environ.get("VD_DATA_ROOT")
     device = torch.device("cpu")
     command = "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    code = commit()  # the code this process imported: read once, before any row
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     rows, t_all = [], time.perf_counter()
     for dataset in args.datasets:
@@ -156,7 +158,7 @@ def main() -> None:
                        "epochs": args.epochs, "min_steps": args.min_steps, "passes": round(steps * args.batch / n, 2), "test_images": args.test_images,
                        "test_accuracy": round(summary.accuracy, 4), "train_accuracy": round(train_accuracy, 4),
                        "seconds": round(seconds, 1), "seed": args.seed, "run": str(run.dir), "command": command,
-                       "commit": commit(), "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M")}
+                       "commit": code, "machine": machine, "date": time.strftime("%Y-%m-%d %H:%M")}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if not args.no_record:

@@ -270,13 +270,25 @@ def test_train_vit_writes_the_position_similarity_and_attn_map_positions_draws_i
     assert result.exit_code == 2 and "leave IMAGE" in result.output
 
 
-def test_attn_map_positions_draws_a_clip_image_tower_and_refuses_a_vae(tmp_path):
+def test_a_clip_checkpoint_shows_its_position_embeddings_and_its_words_attending_to_words(tmp_path):
     ok("train-clip", recipe(tmp_path, "c", "clip"), *TINY_CLIP, "--quiet")
     out = ok("attn-map", "--positions", "--checkpoint", "runs/c/latest", "--out", tmp_path / "p")
     assert "image tower" in out and (tmp_path / "p" / "position_similarity.png").is_file()
+    out = ok("attn-map", "--text", "a large disk", "--checkpoint", "runs/c/latest", "--out", tmp_path / "t")
+    assert "4 tokens (a large disk <end>)" in out and "1 layer(s), heads averaged" in out
+    assert Image.open(tmp_path / "t" / "text_attention.png").size[0] > 300
+    assert "head 1" in ok("attn-map", "--text", "disk", "--head", 1, "--out", tmp_path / "h")  # the newest CLIP run
+    result = vd("attn-map", "--text", "disk", "--head", 2)
+    assert result.exit_code == 2 and "2 heads (0..1)" in result.output
+
+
+def test_attn_map_positions_and_text_refuse_a_vae_in_one_line(tmp_path):
     ok("train-vae", recipe(tmp_path, "v", "vae"), *TINY_VAE, "--quiet")
     result = vd("attn-map", "--positions", "--checkpoint", "runs/v/latest")
     assert result.exit_code == 2 and "is a VAE" in result.output and "needs a ViT" in result.output
+    result = vd("attn-map", "--text", "a bold seven", "--checkpoint", "runs/v/latest")
+    assert result.exit_code == 2 and "no text tower" in result.output and "needs a CLIP" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_train_vit_trains_the_cnn_option_and_attn_map_refuses_it_in_one_line(tmp_path):
@@ -292,3 +304,5 @@ def test_train_vit_trains_the_cnn_option_and_attn_map_refuses_it_in_one_line(tmp
         result = vd("attn-map", *args, "--checkpoint", run)
         assert result.exit_code == 2 and "convolutional" in result.output and "needs a ViT" in result.output
         assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = vd("attn-map", "--text", "a bold seven", "--checkpoint", run)  # an image classifier has no words
+    assert result.exit_code == 2 and "no text tower" in result.output

@@ -28,3 +28,35 @@ def test_clip_loss_at_initialisation_is_about_log_batch():
     with torch.no_grad():
         loss = clip_loss(model(to_float(shapes.images), ids, mask))
     assert abs(loss.item() - math.log(batch)) < 0.3, loss.item()
+
+
+def _text_encoder():
+    from vdcli.models.clip import TextConfig, TextTransformer
+    from vdcli.tasks.clip import TextEncoder
+
+    tokenizer = Tokenizer.train(["a bold seven leaning right", "a thin two"], max_length=8)
+    with seeded_init(0, "clip"):
+        tower = TextTransformer(TextConfig(dim=32, depth=2, heads=4, max_length=8), tokenizer.vocab_size)
+    return TextEncoder(tower, tokenizer)
+
+
+def test_words_attend_to_earlier_words_only_and_each_row_sums_to_one():
+    from vdcli.tasks.text_attention import text_attention
+
+    result = text_attention(_text_encoder(), "a bold seven leaning right")
+    assert result.tokens == ["a", "bold", "seven", "leaning", "right", "<end>"] and result.unknown == []
+    assert len(result.maps) == 2 and all(m.shape == (4, 6, 6) for m in result.maps)  # per layer (heads, L, L)
+    for matrix in result.maps + result.per_layer() + result.per_layer(head=3):
+        assert torch.allclose(matrix.sum(-1), torch.ones(matrix.shape[:-1]), atol=1e-5)
+        assert (matrix.triu(1) == 0).all()  # token i reads tokens 0..i only
+        assert (matrix[..., ~result.hidden] > 0).all()  # and every one of those a little
+    assert torch.equal(result.hidden, torch.ones(6, 6, dtype=torch.bool).triu(1))
+
+
+def test_the_text_attention_picture_marks_the_causal_mask(tmp_path):
+    from vdcli import images
+    from vdcli.tasks.text_attention import text_attention
+
+    result = text_attention(_text_encoder(), "a bold seven")
+    path = images.token_attention_image(result.per_layer(), result.tokens, ["layer 0", "layer 1"], tmp_path / "t.png", result.hidden)
+    assert path.is_file() and path.stat().st_size > 2000

@@ -259,3 +259,34 @@ def _colormap(name: str):
     import matplotlib
 
     return matplotlib.colormaps[name]
+
+
+def token_attention_image(matrices: list[torch.Tensor], tokens: list[str], titles: list[str], out: Path,
+                          hidden: torch.Tensor | None = None) -> Path:
+    """Attention between tokens, one panel per matrix [L, L] (row = query token, column = key token), on
+    one 0-1 colour scale; ``hidden`` [L, L] bool marks the cells no query may see (a causal mask), drawn
+    hatched grey so that the mask is visible rather than merely dark. Each cell shows its probability."""
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    n = len(tokens)
+    side = max(2.6, 0.42 * n + 1.2)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices) + 1.0, side + 0.4), dpi=120, squeeze=False,
+                             layout="constrained")
+    for ax, matrix, title in zip(axes[0], matrices, titles):
+        shown = ax.imshow(matrix.float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        for i in range(n):
+            for j in range(n):
+                if hidden is not None and hidden[i, j]:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e4e4e4", edgecolor="#a0a0a0", hatch="///", linewidth=0))
+                elif n <= 16:
+                    p = float(matrix[i, j])
+                    ax.text(j, i, f"{p:.2f}".lstrip("0") if p < 1 else "1", ha="center", va="center", fontsize=6,
+                            color="black" if p > 0.6 else "white")
+        ax.set_xticks(range(n), tokens, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), tokens, fontsize=8)
+        ax.set_xlabel("key: the token read")
+        ax.set_title(title, fontsize=9)
+    axes[0][0].set_ylabel("query: the token reading")
+    fig.colorbar(shown, ax=list(axes[0]), fraction=0.03, pad=0.02, label="attention probability")
+    return _save_fig(fig, out)
