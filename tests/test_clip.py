@@ -60,3 +60,27 @@ def test_the_text_attention_picture_marks_the_causal_mask(tmp_path):
     result = text_attention(_text_encoder(), "a bold seven")
     path = images.token_attention_image(result.per_layer(), result.tokens, ["layer 0", "layer 1"], tmp_path / "t.png", result.hidden)
     assert path.is_file() and path.stat().st_size > 2000
+
+
+def test_a_text_ldm_and_its_clip_show_the_same_attention_and_an_image_model_is_refused():
+    from pathlib import Path
+
+    import pytest
+
+    from vdcli.checkpoint import Checkpoint
+    from vdcli.errors import VdError
+    from vdcli.tasks.text_attention import load_text_tower, text_attention
+
+    tokenizer = Tokenizer.train(["a bold seven leaning right"], max_length=8)
+    cfg = CLIPConfig(embed_dim=16, image=dict(patch_size=4, dim=32, depth=1, heads=2), text=dict(dim=32, depth=2, heads=2, max_length=8))
+    with seeded_init(0, "clip"):
+        weights = CLIP(cfg, 16, 1, tokenizer.vocab_size).state_dict()
+    meta = {"model": cfg.model_dump(), "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.to_json()}
+    clip = Checkpoint(Path("c.safetensors"), "clip", meta, {f"model.{k}": v for k, v in weights.items()})
+    ldm = Checkpoint(Path("t.safetensors"), "ldm", {"conditioning": "text", "clip": meta}, {f"clip.{k}": v for k, v in weights.items()})
+    cpu = torch.device("cpu")
+    a, b = (text_attention(load_text_tower(c, cpu), "a bold seven") for c in (clip, ldm))
+    assert a.tokens == b.tokens and all(torch.equal(x, y) for x, y in zip(a.maps, b.maps))
+    for kind, extra in (("ldm", {"conditioning": "class"}), ("vit", {}), ("vae", {})):
+        with pytest.raises(VdError, match="no text tower"):
+            load_text_tower(Checkpoint(Path("x.safetensors"), kind, extra, {}), cpu)

@@ -41,12 +41,13 @@ def patchify_cmd(
     )
 
 
-@train_command("vit", "train-vit", """Train a Vision Transformer classifier from a recipe.
+@train_command("vit", "train-vit", """Train a Vision Transformer classifier from a recipe (or, with model.arch: cnn, its CNN baseline).
 
     Example: [bold]vd train-vit recipes/mnist_vit.yaml --set train.steps=500[/]
 
     Writes runs/<recipe>/<time>/: checkpoint.safetensors, metrics.jsonl, loss.png,
-    confusion.png and misclassified.png. Ctrl-C saves a checkpoint; --resume continues.
+    confusion.png, misclassified.png and, for a ViT, position_similarity.png. Ctrl-C saves a
+    checkpoint; --resume continues.
     """)
 def _report_vit(summary) -> None:
     say(
@@ -73,13 +74,18 @@ def attn_map_cmd(
     device: Device = "auto",
     data_root: DataRoot = None,
 ) -> None:
-    """Show what a trained ViT attends to (per-head class-token maps and attention rollout), or with
-    --prompt what each word of a prompt attends to in the image a text LDM generates for it.
+    """Show what a trained ViT attends to (per-head class-token maps and attention rollout); with
+    --prompt what each word of a prompt attends to in the image a text LDM generates for it; with
+    --text how the words of a prompt attend to each other in a CLIP text tower; with --positions
+    how alike the learned position embeddings of the patches are.
 
     Example: [bold]vd attn-map mnist:test:42 --mode rollout --fusion max[/]
+
     A text LDM: [bold]vd attn-map --prompt "a bold seven" --checkpoint runs/mnist_text/<time>[/]
-    Position embeddings: [bold]vd attn-map --positions[/] (the newest ViT run, or --checkpoint a ViT or CLIP)
-    Words attending to words: [bold]vd attn-map --text "a bold seven leaning right" --checkpoint runs/mnist_clip/latest[/]
+
+    Words attending to words (a CLIP or a text LDM): [bold]vd attn-map --text "a bold seven leaning right" --checkpoint runs/mnist_clip/latest[/]
+
+    Position embeddings (the newest ViT run, or --checkpoint a ViT or CLIP): [bold]vd attn-map --positions[/]
     """
     if text is not None:
         if image is not None or prompt is not None or positions:
