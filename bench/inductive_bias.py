@@ -91,11 +91,12 @@ def plot(rows: list[dict], out: Path) -> Path:
                 for x, y in points:
                     ax.annotate(f"{100 * y:.1f}", (x, 100 * y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
         ax.set_xscale("log")
+        ax.margins(y=0.12)  # room for the labels above the points
         ax.set_xlabel("training images (log scale)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(NAMES[dataset])
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="center left")
     if rows:
         e, s, b, t = rows[0]["epochs"], rows[0]["min_steps"], rows[0]["batch"], rows[0]["test_images"]
         fig.suptitle(f"Both networks: the same batches at each size, max({e:g} epochs, {s} steps) of {b} images; "
