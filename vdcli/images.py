@@ -238,6 +238,7 @@ def position_similarity_image(similarity: torch.Tensor, rows: int, cols: int, ou
             canvas[top : top + rows, left : left + cols] = sim[r, c]
     cmap = _colormap("viridis").with_extremes(bad="white")
     fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
+    fig.subplots_adjust(left=0.12, right=0.8, bottom=0.11, top=0.93)  # fixed margins: the layout engines cut the row label
     shown = ax.imshow(canvas, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     centres_r = [r * (rows + gap) + (rows - 1) / 2 for r in range(rows)]
     centres_c = [c * (cols + gap) + (cols - 1) / 2 for c in range(cols)]
@@ -250,8 +251,7 @@ def position_similarity_image(similarity: torch.Tensor, rows: int, cols: int, ou
     ax.set_ylabel("input patch row")
     if title:
         ax.set_title(title, fontsize=10)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
-    fig.tight_layout()
+    fig.colorbar(shown, cax=fig.add_axes((0.83, 0.11, 0.03, 0.82)), label="cosine similarity")
     return _save_fig(fig, out)
 
 
