@@ -95,8 +95,10 @@ def main() -> None:
         shutil.copy(scratch / "text" / "grid.png", DOCS / "text_samples.png")
         vd("attn-map", "--prompt", "a bold seven", "--checkpoint", args.text, "--out", str(scratch / "words"))
         shutil.copy(next((scratch / "words").glob("*.png")), DOCS / "prompt_attention.png")
+        vd("attn-map", "--text", "a bold seven leaning right", "--checkpoint", args.text, "--out", str(scratch / "self"))
+        shutil.copy(scratch / "self" / "text_attention.png", DOCS / "text_attention.png")
     else:
-        print("no --text run: docs/text_samples.png and docs/prompt_attention.png left as they are")
+        print("no --text run: docs/text_samples.png, prompt_attention.png and text_attention.png left as they are")
 
     if args.controlnet:
         vd("sample", "--controlnet", args.controlnet, "--control", "mnist:test:0", "--control", "mnist:test:2",
@@ -108,8 +110,14 @@ def main() -> None:
     if args.vit:
         vd("attn-map", "mnist:test:42", "--mode", "both", "--checkpoint", args.vit, "--out", str(scratch / "attn"))
         shutil.copy(next((scratch / "attn").glob("*.png")), DOCS / "attention.png")
+        vd("attn-map", "--positions", "--checkpoint", args.vit, "--out", str(scratch / "positions"))
+        shutil.copy(scratch / "positions" / "position_similarity.png", DOCS / "position_similarity.png")
     else:
-        print("no --vit run: docs/attention.png and docs/vit_confusion.png left as they are")
+        print("no --vit run: docs/attention.png, vit_confusion.png and position_similarity.png left as they are")
+    # bench/inductive_bias.py trains 16 classifiers (~25 min or more); this redraws its latest rows only
+    print("$ python bench/inductive_bias.py --plot-only", flush=True)
+    subprocess.run(["python", str(DOCS.parent / "bench" / "inductive_bias.py"), "--plot-only", "--out", str(DOCS / "inductive_bias.png")],
+                   check=True)
     print(f"wrote the pictures into {DOCS}/ (scratch files in {scratch})")
 
 

@@ -250,3 +250,59 @@ def test_train_clip_reports_zero_shot_accuracy_and_writes_its_pictures(tmp_path)
 
     meta = load_checkpoint(run / "checkpoint.safetensors", "clip").meta
     assert 0.0 <= meta["metrics"]["zero_shot_acc"] <= 1.0
+
+
+# --- the ViT part of the lecture: position embeddings, the CNN baseline, attention between words ---
+
+TINY_CLASSIFIER_DATA = [
+    "--set", "data.name=synthetic", "--set", "data.limit=256", "--set", "train.steps=20", "--set", "train.batch_size=32",
+    "--set", "train.eval_every=20", "--set", "train.warmup_steps=2", "--set", "train.log_every=10",
+]
+
+
+def test_train_vit_writes_the_position_similarity_and_attn_map_positions_draws_it(tmp_path):
+    ok("train-vit", recipe(tmp_path), *TINY_VIT, "--quiet")
+    assert Image.open("runs/tiny/latest/position_similarity.png").size[0] > 200
+    out = ok("attn-map", "--positions", "--out", tmp_path / "p")
+    assert "latest vit run" in out and "16 patches" in out  # synthetic 28x28 in 7x7 patches: 4x4
+    assert (tmp_path / "p" / "position_similarity.png").is_file()
+    result = vd("attn-map", "synthetic:test:0", "--positions")
+    assert result.exit_code == 2 and "leave IMAGE" in result.output
+
+
+def test_a_clip_checkpoint_shows_its_position_embeddings_and_its_words_attending_to_words(tmp_path):
+    ok("train-clip", recipe(tmp_path, "c", "clip"), *TINY_CLIP, "--quiet")
+    out = ok("attn-map", "--positions", "--checkpoint", "runs/c/latest", "--out", tmp_path / "p")
+    assert "image tower" in out and (tmp_path / "p" / "position_similarity.png").is_file()
+    out = ok("attn-map", "--text", "a large disk", "--checkpoint", "runs/c/latest", "--out", tmp_path / "t")
+    assert "4 tokens (a large disk <end>)" in out and "1 layer(s), heads averaged" in out
+    assert Image.open(tmp_path / "t" / "text_attention.png").size[0] > 300
+    assert "head 1" in ok("attn-map", "--text", "disk", "--head", 1, "--out", tmp_path / "h")  # the newest CLIP run
+    result = vd("attn-map", "--text", "disk", "--head", 2)
+    assert result.exit_code == 2 and "2 heads (0..1)" in result.output
+
+
+def test_attn_map_positions_and_text_refuse_a_vae_in_one_line(tmp_path):
+    ok("train-vae", recipe(tmp_path, "v", "vae"), *TINY_VAE, "--quiet")
+    result = vd("attn-map", "--positions", "--checkpoint", "runs/v/latest")
+    assert result.exit_code == 2 and "is a VAE" in result.output and "needs a ViT" in result.output
+    result = vd("attn-map", "--text", "a bold seven", "--checkpoint", "runs/v/latest")
+    assert result.exit_code == 2 and "no text tower" in result.output and "needs a CLIP" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_train_vit_trains_the_cnn_option_and_attn_map_refuses_it_in_one_line(tmp_path):
+    path = tmp_path / "cnn.yaml"
+    path.write_text("kind: vit\nmodel:\n  arch: cnn\n  channels: [8, 16]\n  convs: 1\n")
+    out = ok("train-vit", path, *TINY_CLASSIFIER_DATA, "--device", "cpu")
+    assert "test accuracy" in out
+    run = Path("runs/cnn/latest")
+    for name in ("checkpoint.safetensors", "metrics.jsonl", "loss.png", "confusion.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "position_similarity.png").exists()  # a CNN has no position embeddings
+    for args in (("synthetic:test:0",), ("--positions",)):
+        result = vd("attn-map", *args, "--checkpoint", run)
+        assert result.exit_code == 2 and "convolutional" in result.output and "needs a ViT" in result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = vd("attn-map", "--text", "a bold seven", "--checkpoint", run)  # an image classifier has no words
+    assert result.exit_code == 2 and "no text tower" in result.output

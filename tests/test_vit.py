@@ -165,3 +165,92 @@ def test_random_shift_moves_whole_images_by_at_most_the_limit():
     where = (moved[:, 0] == 1.0).nonzero()[:, 1:]  # (row, col) of the white pixel in each image
     assert moved.shape == x.shape and len(where) == 64
     assert ((where - torch.tensor([3, 4])).abs() <= 1).all() and len(where.unique(dim=0)) > 3
+
+
+# --- position embeddings (vd attn-map --positions) ----------------------------------------------
+
+
+def test_position_similarity_is_patch_by_patch_one_on_the_diagonal_and_symmetric():
+    from vdcli.models.vit import position_similarity
+
+    model = tiny()
+    sim = position_similarity(model)
+    assert sim.shape == (16, 16)  # the 4x4 patches; the class token left out
+    assert torch.allclose(sim.diagonal(), torch.ones(16), atol=1e-6)
+    assert torch.allclose(sim, sim.T, atol=1e-6)
+    assert sim.abs().max() <= 1 + 1e-6
+
+
+def test_position_similarity_ignores_the_class_tokens_position_and_the_scale():
+    from vdcli.models.vit import position_similarity
+
+    model = tiny()
+    before = position_similarity(model)
+    with torch.no_grad():
+        model.pos_embed[0, 0] = 5.0  # the class token's position
+        model.pos_embed[0, 3] *= 7.0  # one patch's embedding made longer: its cosines do not change
+    assert torch.allclose(position_similarity(model), before, atol=1e-6)
+
+
+def test_the_position_similarity_picture_is_written(tmp_path):
+    from vdcli.tasks.vit import draw_position_similarity
+
+    path = draw_position_similarity(tiny(), tmp_path / "p.png", "tiny")
+    assert path.is_file() and path.stat().st_size > 1000
+
+
+# --- the CNN baseline (model.arch: cnn) ----------------------------------------------------------
+
+
+def _cnn(**kw):
+    from vdcli.models.cnn import CNN, CNNConfig
+
+    torch.manual_seed(0)
+    return CNN(CNNConfig(**kw), 28, 1, 10).eval()
+
+
+def test_the_default_cnn_has_about_the_vit_recipes_parameter_count():
+    from vdcli.recipe import load_recipe
+    from vdcli.tasks.vit import build_classifier
+
+    from pathlib import Path
+
+    vit = load_recipe(Path(__file__).parent.parent / "recipes" / "mnist_vit.yaml", "vit").model
+    spec = {"image_size": 28, "channels": 1, "classes": [str(d) for d in range(10)]}
+    count = lambda cfg: sum(p.numel() for p in build_classifier({"model": cfg, "data": spec}).parameters())  # noqa: E731
+    n_vit, n_cnn = count(vit.model_dump()), count({"arch": "cnn"})
+    assert abs(n_cnn - n_vit) < 0.05 * n_vit, (n_cnn, n_vit)
+    assert _cnn()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_cnns_first_stage_is_translation_equivariant():
+    """Locality and weight sharing: a digit moved by 2 pixels gives the same features moved by 1 (after the 2x2 pool)."""
+    model = _cnn()
+    x = torch.zeros(1, 1, 28, 28)
+    x[:, :, 10:16, 9:14] = torch.rand(1, 1, 6, 5)  # a blob well inside the image, on a zero background
+    moved = torch.roll(x, shifts=(2, 4), dims=(2, 3))
+    with torch.no_grad():
+        a, b = model.stages[0](x), model.stages[0](moved)  # (1, 32, 14, 14)
+    # away from the outermost cells, where the second convolution's zero padding meets a non-zero background
+    assert torch.allclose(a[..., 1:12, 1:11], b[..., 2:13, 3:13], atol=1e-5)
+    assert not torch.allclose(a[..., 1:12, 1:11], b[..., 1:12, 1:11], atol=1e-3)  # the features did move
+
+
+def test_a_cnn_recipe_refuses_the_vits_keys_naming_the_key():
+    from vdcli.errors import VdError
+    from vdcli.recipe import validate_recipe
+
+    recipe = validate_recipe({"kind": "vit", "model": {"arch": "cnn", "channels": [8, 16]}}, "vit")
+    assert recipe.model.arch == "cnn" and recipe.model.channels == [8, 16]
+    assert validate_recipe({"kind": "vit"}, "vit").model.arch == "vit"  # no arch: the ViT, as before
+    with pytest.raises(VdError, match="unknown key 'model.patch_size'"):
+        validate_recipe({"kind": "vit", "model": {"arch": "cnn", "patch_size": 4}}, "vit")
+
+
+def test_a_checkpoint_written_before_model_arch_existed_is_a_vit():
+    from vdcli.tasks.vit import build_classifier
+
+    spec = {"image_size": 16, "channels": 3, "classes": list("abcde")}
+    old = {"patch_size": 4, "dim": 32, "depth": 3, "heads": 4, "mlp_ratio": 2.0, "dropout": 0.0}  # no "arch" key
+    model = build_classifier({"model": old, "data": spec})
+    assert isinstance(model, ViT) and model.state_dict().keys() == tiny().state_dict().keys()

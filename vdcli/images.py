@@ -220,3 +220,73 @@ def hstack(panels: list[Image.Image], captions: list[str] | None = None, gap: in
             draw.text((x + p.width // 2, p.height + 4), captions[i], fill=(0, 0, 0), font=font, anchor="mt")
         x += p.width + gap
     return out
+
+
+def position_similarity_image(similarity: torch.Tensor, rows: int, cols: int, out: Path, title: str | None = None) -> Path:
+    """The grid of Dosovitskiy et al. (2021) fig. 7 centre: tile (r, c) is patch (r, c)'s cosine similarity
+    to every patch, itself a rows x cols map; ``similarity`` is [N, N], N = rows * cols, row-major."""
+    import numpy as np
+
+    plt = _pyplot()
+    sim = similarity.float().view(rows, cols, rows, cols).cpu().numpy()
+    gap = 1  # one blank pixel between tiles, drawn white (NaN)
+    side_r, side_c = rows * (rows + gap) - gap, cols * (cols + gap) - gap
+    canvas = np.full((side_r, side_c), np.nan)
+    for r in range(rows):
+        for c in range(cols):
+            top, left = r * (rows + gap), c * (cols + gap)
+            canvas[top : top + rows, left : left + cols] = sim[r, c]
+    cmap = _colormap("viridis").with_extremes(bad="white")
+    fig, ax = plt.subplots(figsize=(5.6, 4.8), dpi=120)
+    fig.subplots_adjust(left=0.12, right=0.8, bottom=0.11, top=0.93)  # fixed margins: the layout engines cut the row label
+    shown = ax.imshow(canvas, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+    centres_r = [r * (rows + gap) + (rows - 1) / 2 for r in range(rows)]
+    centres_c = [c * (cols + gap) + (cols - 1) / 2 for c in range(cols)]
+    ax.set_yticks(centres_r, [str(r + 1) for r in range(rows)])
+    ax.set_xticks(centres_c, [str(c + 1) for c in range(cols)])
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(shown, cax=fig.add_axes((0.83, 0.11, 0.03, 0.82)), label="cosine similarity")
+    return _save_fig(fig, out)
+
+
+def _colormap(name: str):
+    import matplotlib
+
+    return matplotlib.colormaps[name]
+
+
+def token_attention_image(matrices: list[torch.Tensor], tokens: list[str], titles: list[str], out: Path,
+                          hidden: torch.Tensor | None = None) -> Path:
+    """Attention between tokens, one panel per matrix [L, L] (row = query token, column = key token), on
+    one 0-1 colour scale; ``hidden`` [L, L] bool marks the cells no query may see (a causal mask), drawn
+    hatched grey so that the mask is visible rather than merely dark. Each cell shows its probability."""
+    from matplotlib.patches import Rectangle
+
+    plt = _pyplot()
+    n = len(tokens)
+    side = max(2.6, 0.42 * n + 1.2)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices) + 1.0, side + 0.4), dpi=120, squeeze=False,
+                             layout="constrained")
+    for ax, matrix, title in zip(axes[0], matrices, titles):
+        shown = ax.imshow(matrix.float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        for i in range(n):
+            for j in range(n):
+                if hidden is not None and hidden[i, j]:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e4e4e4", edgecolor="#a0a0a0", hatch="///", linewidth=0))
+                elif n <= 16:
+                    p = float(matrix[i, j])
+                    ax.text(j, i, f"{p:.2f}".lstrip("0") if p < 1 else "1", ha="center", va="center", fontsize=6,
+                            color="black" if p > 0.6 else "white")
+        ax.set_xticks(range(n), tokens, rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), tokens, fontsize=8)
+        ax.set_xlabel("key: the token read")
+        ax.set_title(title, fontsize=9)
+    axes[0][0].set_ylabel("query: the token reading")
+    fig.colorbar(shown, ax=list(axes[0]), fraction=0.03, pad=0.02, label="attention probability")
+    return _save_fig(fig, out)

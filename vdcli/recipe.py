@@ -22,6 +22,7 @@ from vdcli.controls import Control
 from vdcli.diffusion import DiffusionConfig, Sampler
 from vdcli.errors import VdError
 from vdcli.models.clip import CLIPConfig
+from vdcli.models.cnn import CNNConfig
 from vdcli.models.dit import DiTConfig
 from vdcli.models.unet import UNetConfig
 from vdcli.models.vae import VAEConfig
@@ -123,10 +124,26 @@ DENOISERS: dict[str, type[Section]] = {c.model_fields["arch"].default: c for c i
 Denoiser = Annotated[Union[tuple(Annotated[c, Tag(arch)] for arch, c in DENOISERS.items())], Discriminator(_arch)]
 
 
+class ViTSection(ViTConfig):
+    arch: Literal["vit"] = "vit"
+
+
+class CNNSection(CNNConfig):
+    arch: Literal["cnn"] = "cnn"
+
+
+def _classifier_arch(value: Any) -> str:
+    return value.get("arch", "vit") if isinstance(value, dict) else getattr(value, "arch", "vit")
+
+
+# model.arch picks the classifier; without it, the ViT. The CNN is the inductive-bias baseline (models/cnn.py).
+Classifier = Annotated[Union[Annotated[ViTSection, Tag("vit")], Annotated[CNNSection, Tag("cnn")]], Discriminator(_classifier_arch)]
+
+
 class ViTRecipe(Section):
     kind: Literal["vit"] = "vit"
     data: DataConfig = DataConfig()
-    model: ViTConfig = ViTConfig()
+    model: Classifier = ViTSection()
     train: ViTTrainConfig = ViTTrainConfig()
 
 

@@ -151,6 +151,8 @@ def conflicts(recipe: Section) -> list[tuple[Paths, str]]:
     if recipe.kind == "controlnet":
         return out  # its shapes are the base's: checked when the base is read
     size = recipe.data.image_size
+    if recipe.kind == "vit" and recipe.model.arch == "cnn":
+        return out  # no patches to fit
     if recipe.kind in ("vit", "clip"):
         model = recipe.model if recipe.kind == "vit" else recipe.model.image  # CLIP's image tower is a ViT
         p, key = model.patch_size, ("model", "patch_size") if recipe.kind == "vit" else ("model", "image", "patch_size")

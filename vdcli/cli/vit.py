@@ -41,12 +41,13 @@ def patchify_cmd(
     )
 
 
-@train_command("vit", "train-vit", """Train a Vision Transformer classifier from a recipe.
+@train_command("vit", "train-vit", """Train a Vision Transformer classifier from a recipe (or, with model.arch: cnn, its CNN baseline).
 
     Example: [bold]vd train-vit recipes/mnist_vit.yaml --set train.steps=500[/]
 
     Writes runs/<recipe>/<time>/: checkpoint.safetensors, metrics.jsonl, loss.png,
-    confusion.png and misclassified.png. Ctrl-C saves a checkpoint; --resume continues.
+    confusion.png, misclassified.png and, for a ViT, position_similarity.png. Ctrl-C saves a
+    checkpoint; --resume continues.
     """)
 def _report_vit(summary) -> None:
     say(
@@ -60,10 +61,12 @@ def attn_map_cmd(
     image: Annotated[Optional[str], typer.Argument(help="An image file, or a dataset reference such as mnist:test:42 (not with --prompt).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="A ViT checkpoint or run folder (default: the newest ViT run); with --prompt, a text LDM's.")] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Generate an image for this prompt with a text LDM (--checkpoint) and show each word's cross-attention over it.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", help="Show how the words of this prompt attend to each other in the CLIP text tower of --checkpoint (a CLIP or a text LDM), per layer.")] = None,
+    positions: Annotated[bool, typer.Option("--positions", help="Draw how similar the learned position embeddings of every two patches are (a ViT, or a CLIP's image tower); no IMAGE.")] = False,
     steps: Annotated[int, typer.Option(help="With --prompt: DDIM steps (the maps are averaged over them).", min=1)] = 50,
     seed: Annotated[int, typer.Option(help="With --prompt: same seed, same image.", min=0, max=2**32 - 1)] = 0,
     layer: Annotated[int, typer.Option(help="Layer whose heads to show; -1 is the last.")] = -1,
-    head: Annotated[Optional[int], typer.Option(help="Only this head (default: all).")] = None,
+    head: Annotated[Optional[int], typer.Option(help="Only this head (default: all; with --text, their mean).")] = None,
     mode: Annotated[str, typer.Option(help="cls: per-head class-token attention; rollout: attention rollout; both.")] = "both",
     fusion: Annotated[str, typer.Option(help="Rollout head fusion: mean, max or min.")] = "mean",
     discard: Annotated[float, typer.Option(help="Rollout: drop this fraction of the weakest attention weights.", min=0.0, max=0.99)] = 0.0,
@@ -71,12 +74,27 @@ def attn_map_cmd(
     device: Device = "auto",
     data_root: DataRoot = None,
 ) -> None:
-    """Show what a trained ViT attends to (per-head class-token maps and attention rollout), or with
-    --prompt what each word of a prompt attends to in the image a text LDM generates for it.
+    """Show what a trained ViT attends to (per-head class-token maps and attention rollout); with
+    --prompt what each word of a prompt attends to in the image a text LDM generates for it; with
+    --text how the words of a prompt attend to each other in a CLIP text tower; with --positions
+    how alike the learned position embeddings of the patches are.
 
     Example: [bold]vd attn-map mnist:test:42 --mode rollout --fusion max[/]
+
     A text LDM: [bold]vd attn-map --prompt "a bold seven" --checkpoint runs/mnist_text/<time>[/]
+
+    Words attending to words (a CLIP or a text LDM): [bold]vd attn-map --text "a bold seven leaning right" --checkpoint runs/mnist_clip/latest[/]
+
+    Position embeddings (the newest ViT run, or --checkpoint a ViT or CLIP): [bold]vd attn-map --positions[/]
     """
+    if text is not None:
+        if image is not None or prompt is not None or positions:
+            raise VdError("--text shows the text tower's attention between the words of a prompt; leave IMAGE, --prompt and --positions out")
+        return _text_attn_map(text, checkpoint, head, out, device)
+    if positions:
+        if image is not None or prompt is not None:
+            raise VdError("--positions draws the checkpoint's position embeddings, not an image's attention; leave IMAGE and --prompt out")
+        return _positions_map(checkpoint, out, device)
     if prompt is not None:
         if image is not None:
             raise VdError(f"IMAGE {image} and --prompt: with --prompt the image is generated; leave IMAGE out")
@@ -125,6 +143,56 @@ def attn_map_cmd(
         f"{what}: predicted [bold]{spec['classes'][top]}[/] with probability {maps.probs[top]:.1%}",
         f"wrote {out}/: " + ", ".join(p.name for p in written),
     )
+
+
+def _text_attn_map(text: str, checkpoint: str | None, head: int | None, out: Path, device: str) -> None:
+    from vdcli import images
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.text_attention import load_text_tower, text_attention
+
+    check_input(checkpoint, "--checkpoint")
+    check_out(out)
+    where = check_device(device)
+    path, found = find_checkpoint(checkpoint, "clip")
+    result = text_attention(load_text_tower(load_checkpoint(path), where), text)
+    matrices = result.per_layer(head)
+    which = "heads averaged" if head is None else f"head {head}"
+    out.mkdir(parents=True, exist_ok=True)
+    written = images.token_attention_image(matrices, result.tokens, [f"layer {i} ({which})" for i in range(len(matrices))],
+                                           out / "text_attention.png", result.hidden)
+    lines = [f"using {found}", f"'{text}': {len(result.tokens)} tokens ({' '.join(result.tokens)}), causal "
+             f"self-attention of {len(matrices)} layer(s), {which}; hatched: the causal mask (a token never reads a later one)"]
+    if result.unknown:
+        lines.append(f"not in the tokenizer's vocabulary (read as [UNK]): {', '.join(result.unknown)}")
+    say(*lines, f"wrote {written}")
+
+
+def _positions_map(checkpoint: str | None, out: Path, device: str) -> None:
+    from vdcli.checkpoint import KINDS, load_checkpoint
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.vit import draw_position_similarity, load_vit
+
+    check_input(checkpoint, "--checkpoint")
+    check_out(out)
+    where = check_device(device)
+    path, found = find_checkpoint(checkpoint, "vit")
+    ckpt = load_checkpoint(path)
+    if ckpt.kind == "clip":
+        from vdcli.tasks.clip import load_clip
+
+        model, what = load_clip(ckpt, where)[0].image, "the CLIP's image tower"
+    elif ckpt.kind == "vit":
+        model, what = load_vit(ckpt, where), "the ViT"
+    else:
+        raise VdError(f"{path} is {KINDS[ckpt.kind]}; --positions needs a ViT (vd train-vit) or a CLIP (vd train-clip) checkpoint")
+    out.mkdir(parents=True, exist_ok=True)
+    n = model.grid_size
+    written = draw_position_similarity(model, out / "position_similarity.png", f"position embeddings of {what}: {n}x{n} patches")
+    say(f"using {found}",
+        f"cosine similarity of the learned position embedding of each of {n * n} patches with every other's ({what}, "
+        "the class token left out)",
+        f"wrote {written}")
 
 
 def _prompt_attn_map(prompt: str, checkpoint: str | None, steps: int, seed: int, out: Path, device: str) -> None:

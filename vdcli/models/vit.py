@@ -1,7 +1,8 @@
 """The Vision Transformer classifier of Dosovitskiy et al. 2021, all of it in this file.
 
-Read top to bottom: ``ViTConfig``, ``MLP``, ``Block``, ``ViT``, and ``attention_rollout`` for
-looking inside a trained model. The attention is vd's one ``Attention`` (``models/attention.py``).
+Read top to bottom: ``ViTConfig``, ``MLP``, ``Block``, ``ViT``, and then ``attention_rollout`` and
+``position_similarity`` for looking inside a trained model. The attention is vd's one ``Attention``
+(``models/attention.py``).
 
 An image becomes N patch tokens (``patches.PatchEmbed``). ``ViT.tokens`` is where the rest of
 the paper's eq. 1 happens: the learnable class token is prepended at position 0 and the learnable
@@ -187,3 +188,16 @@ def attention_rollout(attentions: list[torch.Tensor], head_fusion: str = "mean",
         a = a / a.sum(-1, keepdim=True)  # never 0: the identity alone gives each row 0.5
         rollout = a if rollout is None else a @ rollout
     return rollout
+
+
+def position_similarity(model: ViT) -> torch.Tensor:
+    """Cosine similarity of the learned position embeddings, patch against patch (Dosovitskiy et al. 2021, fig. 7 centre).
+
+    [N, N] for N patches, the class token's embedding (position 0) left out; row k, reshaped to the
+    patch grid, is the figure's tile for patch k (row-major from the top left). The diagonal is 1.
+    A trained ViT learns the 2-D layout from nothing: nearby patches, and patches in the same row
+    or column, get similar embeddings.
+    """
+    pos = model.pos_embed[0, 1:].detach().float()  # (N, dim)
+    unit = F.normalize(pos, dim=-1)
+    return unit @ unit.T  # (N, N)

@@ -17,22 +17,35 @@ from vdcli import images
 from vdcli.checkpoint import Checkpoint, atomic_write
 from vdcli.data import ImageSet, data_spec, load_split, to_float, to_uint8
 from vdcli.errors import VdError
+from vdcli.models.cnn import CNN, CNNConfig
 from vdcli.models.patches import patchify
-from vdcli.models.vit import ViT, ViTConfig, attention_rollout
+from vdcli.models.vit import ViT, ViTConfig, attention_rollout, position_similarity
 from vdcli.recipe import ViTRecipe
 from vdcli.runs import Run
 from vdcli.trainer import fit, seeded_init
 
 
-def build_vit(meta: dict) -> ViT:
+def build_classifier(meta: dict) -> ViT | CNN:
+    """The network of a ViT-recipe checkpoint: meta["model"] is its model section (no "arch": a ViT)."""
     data = meta["data"]
-    return ViT(ViTConfig(**meta["model"]), data["image_size"], data["channels"], len(data["classes"]))
+    cfg = dict(meta["model"])
+    if cfg.pop("arch", "vit") == "cnn":
+        return CNN(CNNConfig(**cfg), data["image_size"], data["channels"], len(data["classes"]))
+    return ViT(ViTConfig(**cfg), data["image_size"], data["channels"], len(data["classes"]))
+
+
+def load_classifier(ckpt: Checkpoint, device: torch.device) -> ViT | CNN:
+    model = build_classifier(ckpt.meta)
+    model.load_state_dict(ckpt.trained())
+    return model.to(device).eval()
 
 
 def load_vit(ckpt: Checkpoint, device: torch.device) -> ViT:
-    model = build_vit(ckpt.meta)
-    model.load_state_dict(ckpt.trained())
-    return model.to(device).eval()
+    """The ViT of a checkpoint, for what only a ViT has (attention, patches, position embeddings)."""
+    if ckpt.meta["model"].get("arch", "vit") != "vit":
+        raise VdError(f"{ckpt.path} is a convolutional classifier (model.arch: {ckpt.meta['model']['arch']}), which has no "
+                      "attention or position embeddings; this command needs a ViT (model.arch: vit)")
+    return load_classifier(ckpt, device)
 
 
 # --- vd patchify ------------------------------------------------------------------------------
@@ -104,14 +117,18 @@ def predict(model: ViT, data: ImageSet, device: torch.device, batch: int = 500) 
     return torch.cat(out)
 
 
-def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> ViTSummary:
+def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False,
+          test_images: int | None = None) -> ViTSummary:
+    """``test_images``: score on the first that many test images only (a benchmark's time budget); None: all."""
     train_set = load_split(recipe.data, "train", data_root)
     test_set = load_split(recipe.data, "test", data_root)
+    if test_images is not None:
+        test_set = test_set.take(torch.arange(min(test_images, len(test_set))))
     spec = data_spec(recipe.data, train_set)
     meta = {"model": recipe.model.model_dump(), "data": spec, "recipe": recipe.model_dump(mode="json")}
     cfg = recipe.train
     with seeded_init(cfg.seed, "vit"):
-        model = build_vit(meta)
+        model = build_classifier(meta)
 
     def loss_fn(model: ViT, batch):
         x, y = batch
@@ -120,13 +137,18 @@ def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, 
             x = random_shift(x, recipe.data.shift)
         return F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing), {}
 
+    predicted: dict[int, torch.Tensor] = {}  # the last evaluation's predictions, reused for the confusion matrix
+
     def evaluate(model: ViT, step: int) -> dict:
-        return {"test_accuracy": (predict(model, test_set, device) == test_set.labels).float().mean().item()}
+        predicted.clear()
+        predicted[step] = predict(model, test_set, device)
+        return {"test_accuracy": (predicted[step] == test_set.labels).float().mean().item()}
 
     result = fit(model, loss_fn, (train_set.images, train_set.labels), cfg, run, kind="vit", meta=meta,
                  device=device, evaluate=evaluate, resume=resume, quiet=quiet)
 
-    pred = predict(result.model, test_set, device)
+    # fit evaluated the final model at its last step (on rank 0; other ranks predict here)
+    pred = predicted[result.step] if result.step in predicted else predict(result.model, test_set, device)
     n = len(spec["classes"])
     confusion = torch.bincount(test_set.labels * n + pred, minlength=n * n).view(n, n)
     files = [run.checkpoint, images.confusion_matrix_image(confusion, spec["classes"], run.dir / "confusion.png")]
@@ -134,6 +156,8 @@ def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, 
     if len(wrong):
         files.append(images.save(images.grid(test_set.images[wrong], nrow=16), run.dir / "misclassified.png"))
     files.append(run.dir / "loss.png")
+    if isinstance(result.model, ViT):
+        files.append(draw_position_similarity(result.model, run.dir / "position_similarity.png"))
     accuracy = (pred == test_set.labels).float().mean().item()
     return ViTSummary(run, accuracy, result.step, result.seconds, files)
 
@@ -159,3 +183,12 @@ def attention_maps(model: ViT, image: torch.Tensor, layer: int = -1, fusion: str
     heads = attentions[layer][0, :, 0, 1:].reshape(-1, rows, cols)  # row 0 = the class token's query
     rollout = attention_rollout(attentions, head_fusion=fusion, discard_ratio=discard)[0, 0, 1:].reshape(rows, cols)
     return AttentionMaps(logits.softmax(-1)[0].cpu(), heads.cpu(), rollout.cpu())
+
+
+# --- vd attn-map --positions ------------------------------------------------------------------
+
+
+def draw_position_similarity(model: ViT, out: Path, title: str | None = None) -> Path:
+    """Write the position-embedding similarity grid of a ViT (``models.vit.position_similarity``)."""
+    rows = cols = model.grid_size
+    return images.position_similarity_image(position_similarity(model), rows, cols, out, title)
