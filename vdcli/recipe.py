@@ -16,17 +16,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from vdcli.config import Section
 from vdcli.diffusion import DiffusionConfig
 from vdcli.errors import VdError
+from vdcli.imagefiles import colour
 from vdcli.models.clip import CLIPConfig
 from vdcli.models.dit import DiTConfig
 from vdcli.models.unet import UNetConfig
 from vdcli.models.vae import VAEConfig
 from vdcli.models.vit import ViTConfig
 
+# The one list of dataset names: data.py builds its references (mnist:test:42) from it.
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "folder", "synthetic"]
 
 
@@ -44,6 +46,14 @@ class DataConfig(Section):
     # disk too. For folders larger than RAM; the in-memory default is faster for small sets.
     stream: bool = False
     workers: int | None = Field(None, ge=0)  # processes decoding a streamed folder; None: min(4, CPU cores); 0: in the main process
+    # What a transparent pixel of an image file is composited onto (imagefiles.py): white, black, #rrggbb.
+    background: str = "white"
+
+    @field_validator("background")
+    @classmethod
+    def _a_colour(cls, value: str) -> str:
+        colour(value)  # a ValueError names the colour and what a colour looks like
+        return value
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:
