@@ -2,9 +2,10 @@
 
 ``train`` ends by measuring the latent scale factor (1 / std of the latents over the training
 set, Rombach et al. 2022 sec. 4.3.2) and storing it in the checkpoint, so that diffusion can
-work on unit-variance latents: z = scale_factor * sample(q(z|x)), and by drawing the VAE's
-pictures: test images above their reconstructions, decoded prior samples, and ``latent_map``,
-the test-set latents (posterior means) in 2-D by PCA, coloured by class.
+work on unit-variance latents: z = scale_factor * sample(q(z|x)). Then it draws the VAE's
+pictures: test images above their reconstructions (``show_reconstructions``), latents of the
+prior decoded (``show_samples``), and the test-set latents (posterior means) in 2-D by PCA,
+coloured by class (``latent_map``).
 """
 
 from __future__ import annotations
