@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from vdcli.checkpoint import load_checkpoint
 from vdcli.data import load_split
-from vdcli.diffusion import autoguided, sample
+from vdcli.conditioning import guided
+from vdcli.diffusion import sample
 from vdcli.recipe import DataConfig, load_recipe
 from vdcli.runs import find_checkpoint, new_run
 from vdcli.tasks import ldm as tasks_ldm
@@ -40,19 +41,12 @@ HERE = Path(os.path.relpath(Path(__file__).parent))
 def train(recipe_path: str, out: str, overrides: list[str]) -> None:
     recipe = load_recipe(recipe_path, "ldm", ["train.eval_every=500", *overrides])
     run = new_run(Path(out), Path(recipe_path).stem)
-    grid, save_grid, last = ldm_train.class_grid, ldm_train.save_class_grid, {}
 
-    def remembering(ldm, *args, **kwargs):  # every evaluation draws its grid with the EMA denoiser
-        last["ldm"] = ldm
-        return grid(ldm, *args, **kwargs)
+    def keep(ema_model, step: int) -> None:  # an evaluation hook: the EMA denoiser's weights at each evaluation
+        weights = {k: v.contiguous() for k, v in ema_model.state_dict().items()}
+        save_file(weights, str(run.dir / f"snap_{step:06d}.safetensors"))
 
-    def keeping(samples, names, per_class, out):  # once per evaluation: samples_<step>.png, and the weights
-        weights = {k: v.contiguous() for k, v in last["ldm"].denoiser.state_dict().items()}
-        save_file(weights, str(run.dir / f"snap_{int(Path(out).stem.split('_')[1]):06d}.safetensors"))
-        return save_grid(samples, names, per_class, out)
-
-    ldm_train.class_grid, ldm_train.save_class_grid = remembering, keeping  # what train's evaluations call
-    summary = ldm_train.train(recipe, run, device=torch.device("cpu"), data_root=os.environ.get("VD_DATA_ROOT"))
+    summary = ldm_train.train(recipe, run, device=torch.device("cpu"), data_root=os.environ.get("VD_DATA_ROOT"), hooks=(keep,))
     print(f"{run.dir}: {summary.steps} steps in {summary.seconds:.0f} s", flush=True)
 
 
@@ -64,7 +58,7 @@ def judge_guides(run: str, guides: list[str], weights: list[float], n: int) -> N
     torch.set_grad_enabled(False)
     test = load_split(DataConfig(name="mnist", image_size=28), "test", os.environ.get("VD_DATA_ROOT"))
     _, test_feats = judge(model, test.images)
-    null = torch.full((n,), ldm.null_class)
+    null = ldm.conditioning.encode([ldm.null_class] * min(n, 500), cpu)
     d = ldm.defaults
     for name in guides:
         if Path(name).is_dir():
@@ -73,7 +67,7 @@ def judge_guides(run: str, guides: list[str], weights: list[float], n: int) -> N
             bad = tasks_ldm.build_denoiser(ckpt.meta).eval()
             bad.load_state_dict(load_file(str(Path(run) / f"snap_{int(name):06d}.safetensors")))
         for w in weights:
-            fn = autoguided(ldm.plain(ldm.denoiser, null[:500]), ldm.plain(bad, null[:500]), w)
+            fn = guided(ldm.denoiser, null, w, guide=bad)
             g = torch.Generator().manual_seed(0)
             t0 = time.perf_counter()
             samples = []

@@ -8,19 +8,10 @@ from test_cli import TINY_LDM, ok, recipe
 from test_trainer import CPU, loss_fn, make_model, problem
 
 from vdcli.checkpoint import load_checkpoint
-from vdcli.diffusion import autoguided
 from vdcli.recipe import TrainConfig
 from vdcli.runs import Run, new_run
-from vdcli.tasks.ldm import condition, generate, load_ldm
-from vdcli.trainer import StopFlag, TrainingInterrupted, fit
-
-
-def test_autoguidance_is_the_model_at_w1_the_guide_at_w0_and_linear_between():
-    x, t = torch.randn(3, 4), torch.tensor([1, 2, 3])
-    net, guide = (lambda x, t: 2 * x), (lambda x, t: x)
-    assert torch.equal(autoguided(net, guide, 1.0)(x, t), 2 * x)
-    assert torch.equal(autoguided(net, guide, 0.0)(x, t), x)
-    assert torch.allclose(autoguided(net, guide, 3.0)(x, t), x + 3 * (2 * x - x))
+from vdcli.tasks.ldm import generate, load_ldm
+from vdcli.trainer import Snapshot, StopFlag, TrainingInterrupted, fit
 
 
 def _train(tmp_path, name, stop_at=None, run=None):
@@ -38,8 +29,8 @@ def _train(tmp_path, name, stop_at=None, run=None):
         seen[step] = {k: v.clone() for k, v in ema_model.state_dict().items()}
         return {}
 
-    fit(model, stopping_loss, problem(), cfg, run, kind="vit", meta={}, device=CPU, evaluate=evaluate, extra={"guide": guide},
-        snapshots={"guide": 4}, resume=stop_at is None and run.checkpoint.is_file(), quiet=True, stop=stop)
+    fit(model, stopping_loss, problem(), cfg, run, kind="vit", meta={}, device=CPU, evaluate=evaluate,
+        snapshots=[Snapshot("guide", 4, guide)], resume=stop_at is None and run.checkpoint.is_file(), quiet=True, stop=stop)
     return guide, seen, run
 
 
@@ -67,9 +58,9 @@ def test_class_none_is_autoguided_when_the_recipe_kept_a_guide(tmp_path, monkeyp
     assert ckpt.meta["guide_step"] == 5 and ckpt.has("guide")
     ldm = load_ldm(ckpt, CPU)
     assert ldm.guide is not None
-    labels, names, w = condition(ldm, "none", None)
+    labels, names, w = ldm.request("none", None)
     assert (labels, names, w) == ([ldm.null_class], ["unconditional"], 2.5)
-    assert condition(ldm, "none", 1.0)[2] == 1.0 and condition(ldm, "3", None)[2] == ldm.defaults.guidance
+    assert ldm.request("none", 1.0)[2] == 1.0 and ldm.request("3", None)[2] == ldm.defaults.guidance
     null = torch.full((2,), ldm.null_class)
     plain = generate(ldm, null, steps=4, guidance=1.0, generator=torch.Generator().manual_seed(0))[0]
     guided = generate(ldm, null, steps=4, guidance=2.5, generator=torch.Generator().manual_seed(0))[0]
@@ -82,6 +73,6 @@ def test_without_a_guide_class_none_stays_unguided(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ok("train-ldm", recipe(tmp_path, "n", "ldm"), *TINY_LDM, "--quiet")
     ldm = load_ldm(load_checkpoint(Path("runs/n/latest/checkpoint.safetensors")), CPU)
-    assert ldm.guide is None and condition(ldm, "none", 4.0)[2] == 1.0
+    assert ldm.guide is None and ldm.request("none", 4.0)[2] == 1.0
     out = ok("sample", "--checkpoint", "runs/n/latest", "--class", "none", "--guidance", "4", "--n", "2", "--out", "s")
     assert "--guidance 4 is not used" in out and "guidance 1," in out

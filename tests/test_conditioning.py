@@ -7,6 +7,7 @@ import torch
 from test_cli import TINY_LDM, ok, recipe, vd
 
 from vdcli.checkpoint import load_checkpoint
+from vdcli.conditioning import Cond, guided
 from vdcli.models.embeddings import ConditionEmbedding
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import LatentNorm
@@ -36,7 +37,7 @@ def test_the_null_label_reaches_the_network_at_sampling_as_in_training(tmp_path)
     ok("train-ldm", recipe(tmp_path, "l", "ldm"), *TINY_LDM, "--quiet")
     ldm = load_ldm(load_checkpoint(Path("runs/l/latest/checkpoint.safetensors")), torch.device("cpu"))
     seen = []
-    ldm.denoiser.register_forward_hook(lambda module, args, out: seen.append(args[2].clone()))
+    ldm.denoiser.register_forward_hook(lambda module, args, out: seen.append(args[2].labels.clone()))
     x, t = torch.randn(2, *ldm.latent_shape), torch.tensor([500, 500])
     ldm.model_fn(torch.full((2,), ldm.null_class), guidance=1.0)(x, t)
     assert seen[-1].tolist() == [ldm.null_class] * 2  # the same label the training loss drops to
@@ -57,7 +58,7 @@ def test_an_unconditional_denoiser_has_no_label_input():
     assert net.cond.class_emb is None
     assert net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2])).shape == (2, 4, 8, 8)
     with pytest.raises(ValueError, match="without a class input"):
-        net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 1]))
+        net(torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), Cond(labels=torch.tensor([0, 1])))
 
 
 def test_conditioning_none_trains_samples_and_inpaints_without_classes(tmp_path):
@@ -77,3 +78,61 @@ def test_an_unconditional_model_refuses_a_class_in_one_line(tmp_path, command):
     result = vd(*command, "--steps", 2, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "conditioning: none" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) <= 2 and not (tmp_path / "o").exists()
+
+
+# --- guidance, once -------------------------------------------------------------------------------
+
+
+def scaled_by_class(x, t, cond):
+    return x * (cond.labels[:, None].float() + 1)  # each class scales x differently
+
+
+def test_guidance_with_w_one_is_exactly_the_conditional_prediction():
+    x, t, y = torch.randn(3, 2), torch.zeros(3, dtype=torch.long), Cond(labels=torch.tensor([1, 2, 3]))
+    null = Cond(labels=torch.full((3,), 10))
+    assert torch.equal(guided(scaled_by_class, y, 1.0, reference=null)(x, t), scaled_by_class(x, t, y))
+
+
+def test_guidance_with_w_zero_is_the_reference():
+    x, t, y = torch.randn(3, 2), torch.zeros(3, dtype=torch.long), Cond(labels=torch.tensor([1, 2, 3]))
+    null = Cond(labels=torch.full((3,), 10))
+    assert torch.allclose(guided(scaled_by_class, y, 0.0, reference=null)(x, t), scaled_by_class(x, t, null))
+
+
+def test_guidance_extrapolates_from_the_reference_through_the_condition():
+    x, t, w = torch.randn(3, 2), torch.zeros(3, dtype=torch.long), 3.0
+    y, null = Cond(labels=torch.tensor([1, 2, 3])), Cond(labels=torch.full((3,), 10))
+    cond, uncond = scaled_by_class(x, t, y), scaled_by_class(x, t, null)
+    assert torch.equal(guided(scaled_by_class, y, w, reference=null)(x, t), uncond + w * (cond - uncond))
+
+
+def test_guidance_makes_one_batched_call_and_w_one_makes_a_conditional_one():
+    calls = []
+
+    def net(x, t, cond):
+        calls.append(cond.labels.tolist())
+        return x
+
+    x, t = torch.randn(2, 3), torch.zeros(2, dtype=torch.long)
+    y, null = Cond(labels=torch.tensor([1, 2])), Cond(labels=torch.full((2,), 10))
+    guided(net, y, 4.0, reference=null)(x, t)
+    guided(net, y, 1.0, reference=null)(x, t)
+    assert calls == [[1, 2, 10, 10], [1, 2]]
+
+
+def test_autoguidance_is_the_same_formula_with_a_guide_network_as_the_reference():
+    x, t = torch.randn(3, 4), torch.tensor([1, 2, 3])
+    net, guide = (lambda x, t, c: 2 * x), (lambda x, t, c: x)
+    assert torch.equal(guided(net, None, 1.0, guide=guide)(x, t), 2 * x)
+    assert torch.equal(guided(net, None, 0.0, guide=guide)(x, t), x)
+    assert torch.equal(guided(net, None, 3.0, guide=guide)(x, t), x + 3 * (2 * x - x))
+    with pytest.raises(ValueError, match="exactly one reference"):
+        guided(net, None, 3.0)
+
+
+def test_a_condition_concatenates_and_splits_field_by_field():
+    a = Cond(states=torch.randn(2, 5, 3), mask=torch.ones(2, 5, dtype=torch.bool), pooled=torch.randn(2, 3))
+    b = Cond(states=torch.randn(1, 5, 3), mask=torch.zeros(1, 5, dtype=torch.bool), pooled=torch.randn(1, 3))
+    both = Cond.cat([a, b])
+    assert both.labels is None and both.states.shape == (3, 5, 3)
+    assert torch.equal(both[2:].states, b.states) and torch.equal(both[:2].mask, a.mask)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from test_cli import TINY_LDM, ok, recipe, vd
 
+from vdcli.conditioning import Cond
 from vdcli.controls import CONTROLS, control_map
 from vdcli.models.controlnet import ControlNet, Controlled
 from vdcli.models.unet import UNet, UNetConfig
@@ -56,11 +57,11 @@ def test_at_initialisation_the_controlled_model_is_exactly_the_base():
     net = ControlNet(base, factor=4)
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.tensor([0, 3])
     hint = torch.rand(1, 1, 32, 32)
-    assert torch.equal(Controlled(base, net, hint)(x, t, y), base(x, t, y))
-    residuals = net(x, t, hint.expand(2, -1, -1, -1), y)
+    assert torch.equal(Controlled(base, net, hint)(x, t, Cond(labels=y)), base(x, t, Cond(labels=y)))
+    residuals = net(x, t, hint.expand(2, -1, -1, -1), Cond(labels=y))
     assert all(r.abs().max() == 0 for r in residuals)
     # ... and yet every new weight is reachable: the zero convs get gradient from the first step
-    Controlled(base, net, hint)(x, t, y).pow(2).sum().backward()
+    Controlled(base, net, hint)(x, t, Cond(labels=y)).pow(2).sum().backward()
     assert all(z.weight.grad is not None and z.weight.grad.abs().sum() > 0 for z in net.zero)
 
 

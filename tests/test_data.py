@@ -4,7 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vdcli.data import fit_images, load_input, load_split, parse_classes, synthetic_shapes
+from vdcli.conditioning import parse_classes
+from vdcli.data import fit_images, load_input, load_split, synthetic_shapes
 from vdcli.errors import VdError
 from vdcli.recipe import DataConfig
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from vdcli.diffusion import (
-    DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, guided, make_betas, predict_eps,
+    DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, make_betas, predict_eps,
     predict_x0, sample, sampler_timesteps, slerp, snr_weight, target, timesteps,
 )
 
@@ -354,41 +354,7 @@ def test_sdedit_from_data_noised_to_start_t_returns_to_the_data_distribution(sta
     assert corr(x) == pytest.approx(corr(x_t), abs=1e-4) and corr(x) > 0.4
 
 
-# --- guidance and slerp -------------------------------------------------------------------------
-
-
-def scaled_by_class(x, t, y):
-    return x * (y[:, None].float() + 1)  # each class scales x differently
-
-
-def test_guidance_with_w_one_is_exactly_the_conditional_prediction():
-    x, t, y = torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3])
-    assert torch.equal(guided(scaled_by_class, y, 1.0, null_class=10)(x, t), scaled_by_class(x, t, y))
-
-
-def test_guidance_with_w_zero_is_the_unconditional_prediction():
-    x, t, y = torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3])
-    null = torch.full_like(y, 10)
-    assert torch.allclose(guided(scaled_by_class, y, 0.0, null_class=10)(x, t), scaled_by_class(x, t, null))
-
-
-def test_guidance_extrapolates_from_unconditional_through_conditional():
-    x, t, y, w = torch.randn(3, 2), torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3]), 3.0
-    cond, uncond = scaled_by_class(x, t, y), scaled_by_class(x, t, torch.full_like(y, 10))
-    assert torch.allclose(guided(scaled_by_class, y, w, null_class=10)(x, t), uncond + w * (cond - uncond))
-
-
-def test_guidance_makes_one_batched_call_and_w_one_makes_a_conditional_one():
-    calls = []
-
-    def net(x, t, y):
-        calls.append(y.tolist())
-        return x
-
-    x, t = torch.randn(2, 3), torch.zeros(2, dtype=torch.long)
-    guided(net, torch.tensor([1, 2]), 4.0, null_class=10)(x, t)
-    guided(net, torch.tensor([1, 2]), 1.0, null_class=10)(x, t)
-    assert calls == [[1, 2, 10, 10], [1, 2]]
+# --- slerp -------------------------------------------------------------------------
 
 
 def test_slerp_runs_along_the_great_circle_between_its_ends():

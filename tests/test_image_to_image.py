@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from test_cli import TINY_LDM, TINY_VAE, ok, recipe
 
+from vdcli.conditioning import ClassLabels
 from vdcli.data import synthetic_shapes, to_float
 from vdcli.diffusion import SAMPLERS, NoiseSchedule, sampler_timesteps, strength_start
 from vdcli.models.unet import UNet, UNetConfig
@@ -23,7 +24,7 @@ def ldm():
     vae = AutoencoderKL(VAEConfig(channels=8), 16, 1).eval()
     shape = vae.latent_shape
     denoiser = UNet(UNetConfig(channels=16, blocks_per_level=1), shape[-1], shape[0], 2).eval()
-    return LDM(denoiser, vae, LatentNorm(shape), NoiseSchedule("linear", 100, "v"), ["disk", "square"], shape,
+    return LDM(denoiser, vae, LatentNorm(shape), NoiseSchedule("linear", 100, "v"), ClassLabels(["disk", "square"]), shape,
                SampleConfig(steps=10))
 
 

@@ -21,13 +21,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vdcli"
 
-# The one circle left: tasks/ldm.py keeps a ``train`` that calls tasks/ldm_train.py, because the
-# CLI finds every command's ``train`` in tasks/<kind>.py (cli/app.py). It is not this file's to
-# cut; listed here, by edge, so that any other circle fails, and so that this entry fails once
-# the circle is gone (and can be deleted).
-KNOWN_CIRCLES = {("vdcli.tasks.ldm", "vdcli.tasks.ldm_train")}
-
-
 def modules() -> dict[str, Path]:
     """{dotted name: file} of every vdcli module, packages by their ``__init__``."""
     out = {}
@@ -117,12 +110,8 @@ def test_the_graph_reader_sees_imports_at_the_top_and_inside_functions(tmp_path)
 
 def test_no_vdcli_modules_import_each_other_round_a_circle():
     graph = import_graph()
-    found = circles(graph)
-    edges = {(a, b) for component in found for a in component for b in graph[a] if b in component}
-    unknown = sorted(edges - {e for known in KNOWN_CIRCLES for e in (known, known[::-1])})
-    assert not unknown, "import circles: " + "; ".join(f"{a} -> {b}" for a, b in unknown)
-    stale = [known for known in KNOWN_CIRCLES if known not in edges]
-    assert not stale, f"{stale} no longer form a circle: delete them from KNOWN_CIRCLES"
+    edges = sorted((a, b) for component in circles(graph) for a in component for b in graph[a] if b in component)
+    assert not edges, "import circles: " + "; ".join(f"{a} -> {b}" for a, b in edges)
 
 
 # Run in a fresh interpreter: import the third-party libraries vdcli uses (torch takes seconds

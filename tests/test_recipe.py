@@ -1,11 +1,20 @@
-"""Recipe loading: every way a recipe can be wrong names the file, the line and the key."""
+"""Recipe loading: every way a recipe can be wrong names the file, the line and the key; and every
+set of choices a recipe offers (samplers, schedules, controls, kinds) is the set the code implements."""
 
+import typing
 from pathlib import Path
 
 import pytest
+import torch
+import typer
 
+import vdcli.recipe
+from vdcli import checkpoint, diffusion
+from vdcli.cli import app
+from vdcli.controls import CONTROLS, control_map
 from vdcli.errors import VdError
-from vdcli.recipe import LDMRecipe, ViTRecipe, load_recipe
+from vdcli.recipe import LDMRecipe, ViTRecipe, load_recipe, validate_recipe
+from vdcli.tasks import diffuse, ldm
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 
@@ -102,3 +111,75 @@ def test_empty_recipe_is_an_error_not_every_default(tmp_path):
 
 def test_a_recipe_of_only_its_kind_gets_the_defaults(tmp_path):
     assert load_recipe(write(tmp_path, "kind: vit\n"), "vit") == ViTRecipe()
+
+
+# --- every set of choices is spelled once, and each name does something of its own -------------
+
+
+LDM = {"data": {"image_size": 32}}  # an 8x8 latent grid, which every default denoiser fits
+
+
+def choices(section, field: str) -> tuple:
+    """The values a recipe field's Literal allows."""
+    return typing.get_args(section.model_fields[field].annotation)
+
+
+def test_the_recipe_offers_exactly_the_samplers_diffusion_implements():
+    assert choices(vdcli.recipe.SampleConfig, "sampler") == diffusion.SAMPLERS
+    for name in diffusion.SAMPLERS:
+        assert validate_recipe({**LDM, "sample": {"sampler": name}}, "ldm").sample.sampler == name
+
+
+def test_every_sampler_name_runs_a_sampler_of_its_own():
+    schedule = diffusion.NoiseSchedule("linear", 100)
+    noise = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+
+    def model_fn(x, t):  # any smooth ε-prediction: the samplers then all part ways
+        return 0.5 * x + 0.01 * t[:, None].float()
+
+    made = {name: diffusion.sample(model_fn, noise, schedule, name, 5, generator=torch.Generator().manual_seed(1))
+            for name in diffusion.SAMPLERS}
+    for a in made:
+        for b in made:
+            assert a == b or not torch.allclose(made[a], made[b]), f"{a} and {b} are one sampler under two names"
+
+
+def test_the_recipe_offers_exactly_the_noise_schedules_make_betas_makes():
+    assert choices(diffusion.DiffusionConfig, "schedule") == diffusion.SCHEDULES == diffuse.SCHEDULES
+    betas = {name: diffusion.make_betas(name, 100) for name in diffusion.SCHEDULES}  # an unknown name raises
+    assert len({tuple(b.tolist()) for b in betas.values()}) == len(betas)
+    with pytest.raises(ValueError, match="expected linear, scaled_linear or cosine"):
+        diffusion.make_betas("quadratic", 100)
+
+
+def test_the_recipe_offers_exactly_the_predictions_the_loss_knows():
+    assert choices(diffusion.DiffusionConfig, "prediction") == diffusion.PREDICTIONS
+    x0, eps = torch.ones(1, 2), torch.zeros(1, 2)
+    targets = [diffusion.target(diffusion.NoiseSchedule("linear", 100, name), x0, eps, 50) for name in diffusion.PREDICTIONS]
+    assert all(not torch.allclose(a, b) for i, a in enumerate(targets) for b in targets[i + 1:])
+    with pytest.raises(ValueError, match="expected eps or v"):
+        diffusion.NoiseSchedule("linear", 100, "x0")
+
+
+def test_the_recipe_offers_exactly_the_control_maps_controls_computes():
+    assert choices(vdcli.recipe.ControlNetRecipe, "control") == CONTROLS
+    image = torch.zeros(1, 16, 16, dtype=torch.uint8)
+    image[:, 4:12, 6:10] = 255  # a thick bar: its edges, skeleton and depth all differ
+    maps = {name: control_map(image, name) for name in CONTROLS}
+    assert len({m.numpy().tobytes() for m in maps.values()}) == len(maps), "two control names give one map"
+
+
+def test_every_denoiser_arch_is_built_named_and_has_a_shipped_recipe():
+    assert set(vdcli.recipe.DENOISERS) == set(ldm.ARCHS) == set(vdcli.recipe.NAMES) == set(vdcli.recipe.DENOISER_RECIPES)
+    for arch, path in vdcli.recipe.DENOISER_RECIPES.items():
+        assert load_recipe(RECIPES.parent / path, "ldm").model.arch == arch
+        assert validate_recipe({**LDM, "model": {"arch": arch}}, "ldm").model.arch == arch
+
+
+def test_every_recipe_kind_has_a_command_a_shipped_recipe_and_a_checkpoint_kind():
+    commands = typer.main.get_command(app).commands
+    assert set(vdcli.recipe.RECIPES) == set(vdcli.recipe.COMMANDS) == set(vdcli.recipe.SHIPPED) == set(checkpoint.KINDS)
+    for kind, cls in vdcli.recipe.RECIPES.items():
+        assert choices(cls, "kind") == (kind,)
+        assert vdcli.recipe.COMMANDS[kind].removeprefix("vd ") in commands
+        assert load_recipe(RECIPES.parent / vdcli.recipe.SHIPPED[kind], kind).kind == kind

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from vdcli.conditioning import TextCache, strategy
 from vdcli.diffusion import DiffusionConfig, NoiseSchedule
 from vdcli.errors import VdError
 from vdcli.models.unet import UNet, UNetConfig
@@ -49,8 +50,8 @@ def _ldm(conditioning="text", seed=0) -> tasks.LDM:
             p.add_(0.05 * torch.randn_like(p))
     vae = AutoencoderKL(VAEConfig(downsample=4, latent_channels=2, channels=8), 16, 1).eval()
     return tasks.LDM(net.eval(), vae, LatentNorm((2, 4, 4)), NoiseSchedule.from_config(DiffusionConfig(timesteps=50)),
-                     ["disk", "ring", "bar"], (2, 4, 4), SampleConfig(steps=3, guidance=3.0), conditioning,
-                     WordEncoder() if conditioning == "text" else None)
+                     strategy(conditioning, ["disk", "ring", "bar"], WordEncoder() if conditioning == "text" else None),
+                     (2, 4, 4), SampleConfig(steps=3, guidance=3.0))
 
 
 X, T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3)), torch.tensor([10, 40])
@@ -58,7 +59,7 @@ X, T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3)), torc
 
 def test_the_empty_prompt_is_the_null_condition_so_guidance_leaves_it_alone():
     ldm = _ldm()
-    assert ldm.null_condition(2) == ["", ""]
+    assert ldm.conditioning.null() == ""
     plain = ldm.model_fn(["", ""], 1.0)(X, T)
     assert torch.allclose(ldm.model_fn(["", ""], 5.0)(X, T), plain, atol=1e-5)  # cond = uncond: any w gives the same
 
@@ -76,21 +77,21 @@ def test_guidance_extrapolates_from_the_empty_prompt_and_a_negative_prompt_repla
 
 def test_class_option_on_a_text_model_is_that_prompt():
     ldm = _ldm()
-    assert tasks.condition(ldm, "2", None)[0] == ["2"]
-    assert tasks.condition(ldm, "ring,0", None)[0] == ["ring", "0"]
-    assert tasks.condition(ldm, None, None)[0] == ["disk", "ring", "bar"]  # no option: every class name
-    assert tasks.condition(ldm, "none", None) == ([""], ["unconditional"], 1.0)
-    prompts, names, w = tasks.condition(ldm, None, 2.0, prompts=["a bold disk", ""])
+    assert ldm.request("2", None)[0] == ["2"]
+    assert ldm.request("ring,0", None)[0] == ["ring", "0"]
+    assert ldm.request(None, None)[0] == ["disk", "ring", "bar"]  # no option: every class name
+    assert ldm.request("none", None) == ([""], ["unconditional"], 1.0)
+    prompts, names, w = ldm.request(None, 2.0, prompts=["a bold disk", ""])
     assert prompts == ["a bold disk", ""] and names == ["a bold disk", "unconditional"] and w == 2.0
     with pytest.raises(VdError, match="did you mean 'ring'"):
-        tasks.condition(ldm, "rng", None)
+        ldm.request("rng", None)
 
 
 def test_a_class_model_refuses_prompts_in_one_line():
     ldm = _ldm("class")
     for kwargs in ({"prompts": ["a bold seven"]}, {"negative": "thin"}):
         with pytest.raises(VdError) as e:
-            tasks.condition(ldm, None, None, **kwargs)
+            ldm.request(None, None, **kwargs)
         assert "conditioning: class, not text" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -98,16 +99,15 @@ def test_generate_takes_one_prompt_per_image():
     ldm = _ldm()
     images, _ = tasks.generate(ldm, ["disk", "ring", "ring"], steps=2, guidance=2.0, generator=torch.Generator().manual_seed(0))
     assert images.shape == (3, 1, 16, 16) and images.dtype == torch.uint8
-    assert tasks.repeat(["a", "b"], 2) == ["a", "a", "b", "b"]
-    assert torch.equal(tasks.repeat([0, 2], 2), torch.tensor([0, 0, 2, 2]))
+    assert ldm.conditioning.repeat(["a", "b"], 2) == ["a", "a", "b", "b"]
+    assert _ldm("class").conditioning.repeat([0, 2], 2) == [0, 0, 2, 2]
 
 
 def test_text_cache_encodes_each_caption_once_and_pads_to_one_length():
     text = WordEncoder()
-    from vdcli.tasks.stages import TextCache
-
     cache = TextCache(text)
-    states, pooled, mask = cache(["disk", "a ring", "disk"])
+    c = cache(["disk", "a ring", "disk"])
+    states, pooled, mask = c.states, c.pooled, c.mask
     assert states.shape == (3, 6, D) and pooled.shape == (3, D) and mask.shape == (3, 6)
     assert torch.equal(states[0], states[2]) and mask[1].sum() == 3
     cache(["a ring", "disk"])

@@ -4,6 +4,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from vdcli.conditioning import Cond
 from vdcli.models.unet import SelfAttention, UNet, UNetConfig
 
 NUM_CLASSES = 10  # label 10 is the null class
@@ -34,12 +35,12 @@ def perturbed(model: UNet) -> UNet:
 )
 def test_output_has_the_input_shape(cfg, size, channels):
     x = torch.randn(2, channels, size, size)
-    out = perturbed(UNet(cfg, size, channels, NUM_CLASSES))(x, torch.tensor([0, 999]), torch.tensor([3, NUM_CLASSES]))
+    out = perturbed(UNet(cfg, size, channels, NUM_CLASSES))(x, torch.tensor([0, 999]), Cond(labels=torch.tensor([3, NUM_CLASSES])))
     assert out.shape == x.shape
 
 
 def test_untrained_model_predicts_exactly_zero():
-    out = UNet(small(), 8, 4, NUM_CLASSES)(torch.randn(2, 4, 8, 8), torch.tensor([5, 900]), torch.tensor([1, 2]))
+    out = UNet(small(), 8, 4, NUM_CLASSES)(torch.randn(2, 4, 8, 8), torch.tensor([5, 900]), Cond(labels=torch.tensor([1, 2])))
     assert torch.count_nonzero(out) == 0
 
 
@@ -47,14 +48,14 @@ def test_output_depends_on_the_timestep():
     model = perturbed(UNet(small(), 8, 4, NUM_CLASSES)).eval()
     x, y = torch.randn(1, 4, 8, 8), torch.tensor([3])
     with torch.no_grad():
-        assert not torch.allclose(model(x, torch.tensor([10]), y), model(x, torch.tensor([500]), y))
+        assert not torch.allclose(model(x, torch.tensor([10]), Cond(labels=y)), model(x, torch.tensor([500]), Cond(labels=y)))
 
 
 def test_output_depends_on_the_class_and_the_null_class_is_a_label():
     model = perturbed(UNet(small(), 8, 4, NUM_CLASSES)).eval()
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([250])
     with torch.no_grad():
-        outs = [model(x, t, torch.tensor([label])) for label in (0, 7, NUM_CLASSES)]
+        outs = [model(x, t, Cond(labels=torch.tensor([label]))) for label in (0, 7, NUM_CLASSES)]
     assert not torch.allclose(outs[0], outs[1])
     assert not torch.allclose(outs[0], outs[2])
 
@@ -63,15 +64,15 @@ def test_fractional_timesteps_are_accepted_and_integer_ones_mean_the_same():
     model = perturbed(UNet(small(), 8, 4, NUM_CLASSES)).eval()
     x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
     with torch.no_grad():
-        assert torch.allclose(model(x, torch.tensor([3, 40]), y), model(x, torch.tensor([3.0, 40.0]), y))
-        assert model(x, torch.tensor([3.5, 40.25]), y).shape == x.shape
+        assert torch.allclose(model(x, torch.tensor([3, 40]), Cond(labels=y)), model(x, torch.tensor([3.0, 40.0]), Cond(labels=y)))
+        assert model(x, torch.tensor([3.5, 40.25]), Cond(labels=y)).shape == x.shape
 
 
 def test_each_sample_is_denoised_independently_of_the_rest_of_the_batch():
     model = perturbed(UNet(small(), 8, 4, NUM_CLASSES)).eval()
     x, t, y = torch.randn(4, 4, 8, 8), torch.tensor([1, 200, 400, 999]), torch.tensor([0, 1, 2, 10])
     with torch.no_grad():
-        torch.testing.assert_close(model(x, t, y)[:1], model(x[:1], t[:1], y[:1]), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model(x, t, Cond(labels=y))[:1], model(x[:1], t[:1], Cond(labels=y[:1])), atol=1e-5, rtol=1e-4)
 
 
 def test_a_few_adam_steps_fit_a_fixed_target():
@@ -82,7 +83,7 @@ def test_a_few_adam_steps_fit_a_fixed_target():
     target = torch.randn(8, 4, 8, 8)
     losses = []
     for _ in range(20):
-        loss = (model(x, t, y) - target).pow(2).mean()
+        loss = (model(x, t, Cond(labels=y)) - target).pow(2).mean()
         losses.append(loss.item())
         opt.zero_grad()
         loss.backward()
@@ -119,9 +120,9 @@ def test_channels_last_computes_the_same_function():
 
     model = perturbed(UNet(small(attention_levels=[0, 1]), 8, 4, NUM_CLASSES))
     x, t, y = torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999]), torch.tensor([1, 2, NUM_CLASSES])
-    expected = model(x, t, y)
+    expected = model(x, t, Cond(labels=y))
     keys = list(model.state_dict())
-    out = channels_last(model)(x.contiguous(memory_format=torch.channels_last), t, y)
+    out = channels_last(model)(x.contiguous(memory_format=torch.channels_last), t, Cond(labels=y))
     assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert list(model.state_dict()) == keys
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from vdcli.models.vit import Attention, ViT, ViTConfig, attention_rollout
+from vdcli.models.attention import Attention
+from vdcli.models.vit import ViT, ViTConfig, attention_rollout
 
 
 def tiny(**kw):

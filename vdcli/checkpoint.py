@@ -46,6 +46,10 @@ class Checkpoint:
     def has(self, prefix: str) -> bool:
         return any(k.startswith(prefix + ".") for k in self.tensors)
 
+    def trained(self) -> dict[str, torch.Tensor]:
+        """The weights to use the trained model with: the EMA's when the run kept an average, else the model's."""
+        return self.weights("ema" if self.has("ema") else "model")
+
 
 def atomic_write(path: Path, write) -> None:
     """write(tmp_path), fsync, then rename over ``path``: readers see the old file or the new one.

@@ -19,10 +19,13 @@ so dark objects on a light page work the same.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 import torch
 
-CONTROLS = ("edges", "scribble", "depth")
+Control = Literal["edges", "scribble", "depth"]  # spelled once: recipes (recipe.py) and the CLI derive from it
+CONTROLS: tuple[str, ...] = get_args(Control)
 
 
 def _gray(image: torch.Tensor) -> np.ndarray:
@@ -40,7 +43,7 @@ def _foreground(gray: np.ndarray) -> np.ndarray:
     return gray > threshold_otsu(gray)
 
 
-def control_map(image: torch.Tensor, kind: str) -> torch.Tensor:
+def control_map(image: torch.Tensor, kind: Control) -> torch.Tensor:
     """The ``kind`` control map of one uint8 image [C, H, W], as uint8 [1, H, W]."""
     if kind not in CONTROLS:
         raise ValueError(f"unknown control {kind!r}; expected one of {', '.join(CONTROLS)}")
@@ -61,6 +64,6 @@ def control_map(image: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.from_numpy(np.round(out * 255).astype(np.uint8))[None]
 
 
-def control_maps(images: torch.Tensor, kind: str) -> torch.Tensor:
+def control_maps(images: torch.Tensor, kind: Control) -> torch.Tensor:
     """``control_map`` of every image of uint8 [N, C, H, W]: uint8 [N, 1, H, W]."""
     return torch.stack([control_map(x, kind) for x in images]) if len(images) else images[:, :1]

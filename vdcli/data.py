@@ -14,7 +14,6 @@ captions come from one listing in ``folders.py``. Models see images as floats in
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import typing
@@ -185,24 +184,6 @@ def read_mask(spec: str, size: int) -> torch.Tensor:
     mask = torch.zeros(size, size, dtype=torch.bool)
     mask[max(y0, 0) : y1, max(x0, 0) : x1] = True
     return mask
-
-
-def parse_classes(spec: str, classes: list[str]) -> list[int]:
-    """'7', 'seven', '3,7', 'all' -> class indices; a miss names the nearest class."""
-    if spec.strip().lower() == "all":
-        return list(range(len(classes)))
-    lower = [c.lower() for c in classes]
-    out = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        if part.isdigit() and int(part) < len(classes):
-            out.append(int(part))
-        elif part.lower() in lower:
-            out.append(lower.index(part.lower()))
-        else:
-            close = difflib.get_close_matches(part.lower(), lower, n=1)
-            hint = f"; did you mean '{classes[lower.index(close[0])]}'?" if close else ""
-            raise VdError(f"unknown class '{part}'{hint} (classes: 0..{len(classes) - 1} or {', '.join(classes)})")
-    return out
 
 
 # --- a dataset made in code, for tests and offline smoke runs -------------------------------

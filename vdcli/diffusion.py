@@ -18,9 +18,8 @@ Conventions, in one place:
   (Hang et al. 2023, sec. 3.4) w(t) = min(SNR(t), γ) / SNR(t) for ε and
   min(SNR(t), γ) / (SNR(t) + 1) for v, where SNR(t) = ᾱ_t / (1 − ᾱ_t).
 - Samplers take any ``model_fn(x_t, t) -> prediction`` with t a LongTensor [B]; conditioning is
-  closed over by the caller, and classifier-free guidance (Ho & Salimans 2022, eq. 6) is just
-  such a model_fn (``guided``), as is autoguidance (Karras et al. 2024) for samples without a
-  condition (``autoguided``).
+  closed over by the caller, and guidance (classifier-free, Ho & Salimans 2022, eq. 6, or
+  autoguidance, Karras et al. 2024) is just such a model_fn (``conditioning.guided``).
 - DDPM (DDPM eq. 6-7): x_{t−1} ~ q(x_{t−1} | x_t, x̂_0) = N(μ̃_t, β̃_t I) with
       μ̃_t = √ᾱ_{t−1} β_t / (1 − ᾱ_t) x̂_0 + √α_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t) x_t,
       β̃_t = (1 − ᾱ_{t−1}) / (1 − ᾱ_t) β_t,
@@ -51,7 +50,7 @@ Conventions, in one place:
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Callable, Literal, get_args
 
 import torch
 from pydantic import Field
@@ -60,20 +59,26 @@ from vdcli.config import Section
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
-SAMPLERS = ("ddim", "ddpm", "dpmpp-2m")
+# Each set of choices is spelled once, in its Literal; the tuples, the recipe (recipe.py) and the CLI's checks derive from it.
+Sampler = Literal["ddim", "ddpm", "dpmpp-2m"]
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+Schedule = Literal["linear", "scaled_linear", "cosine"]  # make_betas
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+Prediction = Literal["eps", "v"]  # what the network outputs (ε or v)
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 
 
 class DiffusionConfig(Section):
-    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
+    schedule: Schedule = "linear"
     timesteps: int = Field(1000, ge=2)  # T
-    prediction: Literal["eps", "v"] = "eps"
+    prediction: Prediction = "eps"
     min_snr_gamma: float | None = Field(None, gt=0)  # Hang et al. 2023 use γ = 5, the MNIST recipe 1; None: plain MSE
 
 
 # --- schedules --------------------------------------------------------------------------------
 
 
-def make_betas(schedule: str, T: int) -> torch.Tensor:
+def make_betas(schedule: Schedule, T: int) -> torch.Tensor:
     """β_0 … β_{T−1}, float64."""
     if schedule == "linear":  # DDPM sec. 4, scaled for T = 1000
         return torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
@@ -84,15 +89,15 @@ def make_betas(schedule: str, T: int) -> torch.Tensor:
         f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
         # β_t = 1 − ᾱ_t / ᾱ_{t−1}, clipped (their sec. 3.2) so the last steps are not singular
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    raise ValueError(f"unknown noise schedule {schedule!r}; expected linear, scaled_linear or cosine")
+    raise ValueError(f"unknown noise schedule {schedule!r}; expected {', '.join(SCHEDULES[:-1])} or {SCHEDULES[-1]}")
 
 
 class NoiseSchedule:
     """β_t and ᾱ_t of one schedule, and what the network predicts (ε or v)."""
 
-    def __init__(self, schedule: str = "linear", timesteps: int = 1000, prediction: str = "eps"):
-        if prediction not in ("eps", "v"):
-            raise ValueError(f"unknown prediction {prediction!r}; expected eps or v")
+    def __init__(self, schedule: Schedule = "linear", timesteps: int = 1000, prediction: Prediction = "eps"):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; expected {', '.join(PREDICTIONS[:-1])} or {PREDICTIONS[-1]}")
         self.T = timesteps
         self.prediction = prediction
         self.betas = make_betas(schedule, timesteps)  # (T,) float64
@@ -366,7 +371,7 @@ def sample(
     model_fn: ModelFn,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    sampler: Literal["ddim", "ddpm", "dpmpp-2m"] = "ddim",
+    sampler: Sampler = "ddim",
     steps: int = 50,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
@@ -423,50 +428,7 @@ def ddim_invert(model_fn: ModelFn, x0: torch.Tensor, schedule: NoiseSchedule, st
     return x
 
 
-# --- building blocks for model_fn and for walks through noise ----------------------------------
-
-
-def guided(net: Callable, y: torch.Tensor, w: float, null_class: int) -> ModelFn:
-    """Classifier-free guidance (Ho & Salimans 2022, eq. 6) as a model_fn, in one batched call.
-
-    out = out_uncond + w (out_cond − out_uncond), where ``net(x, t, y)`` is the conditional
-    network and the label ``null_class`` means "no condition" (the label dropped in training).
-    Applied to the raw output, which is right for ε and v alike: both are linear in it.
-    w = 1 is exactly the conditional model and skips the unconditional half; w = 0 is the
-    unconditional model.
-    """
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if w == 1.0:
-            return net(x, t, y)
-        null = torch.full_like(y, null_class)
-        both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2B, ...)
-        cond, uncond = both.chunk(2)  # (B, ...) each
-        return uncond + w * (cond - uncond)
-
-    return model_fn
-
-
-def autoguided(net: ModelFn, guide: ModelFn, w: float) -> ModelFn:
-    """Autoguidance (Karras et al. 2024, "Guiding a Diffusion Model with a Bad Version of Itself",
-    eq. 2) as a model_fn:
-
-        out = out_guide + w (out − out_guide),
-
-    classifier-free guidance's form with the unconditional model replaced by ``guide``, a weaker
-    version of the same model (in vd: its own averaged weights early in training). It needs no
-    condition, so it is the guidance an unconditional sample can have: where the good model has
-    learned more than the bad one (sharper digits, fewer scribbles) the difference is amplified.
-    w = 1 is ``net`` alone, w = 0 the guide alone.
-    """
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if w == 1.0:
-            return net(x, t)
-        out, bad = net(x, t), guide(x, t)
-        return bad + w * (out - bad)
-
-    return model_fn
+# --- walks through noise ----------------------------------------------------------------------
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -7,13 +7,16 @@ their environment; without it WORLD_SIZE is 1 and everything here is a no-op, so
 serves a laptop and a GPU box. ``setup`` joins the process group (NCCL on CUDA, gloo on CPUs)
 and pins each process to its GPU (cuda:LOCAL_RANK).
 
-What the rest of vd does with it (``trainer.fit`` and ``checkpoint.atomic_write``):
+What the rest of vd does with it (``trainer.fit``, ``checkpoint.atomic_write``, ``cli/app.py``):
 - ``train.batch_size`` is the global batch: every process draws the same batch rows for a step and
   trains on its share rows[rank::world]; DistributedDataParallel averages the gradients, which is
   then the gradient of the whole batch's mean loss, as in one process.
-- Only rank 0 writes: the run folder, logs, images, metrics and checkpoints (``atomic_write`` is
-  the one place files are written and does nothing on the other ranks); the others wait at a
-  barrier wherever they read back what rank 0 wrote.
+- Only rank 0 writes files. Checkpoints, images, latent shards and control maps go through
+  ``atomic_write``, which does nothing on the other ranks; the run folder with its ``latest``
+  link and ``recipe.yaml`` (``cli/app.py``) and the appended ``metrics.jsonl`` (``trainer.fit``)
+  are written by rank 0 alone. The one exception: on resume ``trainer._truncate_metrics``
+  rewrites ``metrics.jsonl`` on every rank. The other ranks wait at a barrier wherever they read
+  back what rank 0 wrote.
 - Each rank's random draws (noise, timesteps, dropout) come from (seed, step, rank): rank 0
   draws what a single process draws.
 """

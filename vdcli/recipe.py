@@ -4,22 +4,22 @@ A recipe has sections (``data``, ``model``, ``train``, ...). Each section is a c
 defined next to the code it configures (``ViTConfig`` in ``models/vit.py``, ``TrainConfig``
 here), and each component is built from its own section; nothing deep in the core reads raw
 dicts. Loading is strict: an unknown key, a wrong type or an out-of-range value is a
-``VdError`` that names the file, the line, the key path and, for a typo, the nearest valid key.
+``VdError`` that names the file, the line, the key path and, for a typo, the nearest valid key;
+those messages, and the constraints between sections, are written in ``recipe_errors.py``.
 """
 
 from __future__ import annotations
 
-import difflib
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from vdcli.conditioning import ConditioningKind
 from vdcli.config import Section
-from vdcli.diffusion import DiffusionConfig
+from vdcli.controls import Control
+from vdcli.diffusion import DiffusionConfig, Sampler
 from vdcli.errors import VdError
 from vdcli.imagefiles import colour
 from vdcli.models.clip import CLIPConfig
@@ -27,6 +27,8 @@ from vdcli.models.dit import DiTConfig
 from vdcli.models.unet import UNetConfig
 from vdcli.models.vae import VAEConfig
 from vdcli.models.vit import ViTConfig
+from vdcli.recipe_errors import blame, conflicts, explain, key_lines
+from vdcli.recipe_errors import denoiser_conflicts  # noqa: F401 (tasks/stages.py checks a named VAE's latent grid with it)
 
 # The one list of dataset names: data.py builds its references (mnist:test:42) from it.
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "folder", "synthetic"]
@@ -106,7 +108,7 @@ class CLIPTrainConfig(TrainConfig):
 class SampleConfig(Section):
     """Defaults for ``vd sample`` and the grids written during training."""
 
-    sampler: Literal["ddim", "ddpm", "dpmpp-2m"] = "ddim"
+    sampler: Sampler = "ddim"
     steps: int = Field(50, gt=0)
     eta: float = Field(0.0, ge=0)  # DDIM only
     guidance: float = Field(3.0, ge=0)  # classifier-free guidance of a class or prompt; 1 = off
@@ -126,8 +128,9 @@ def _arch(value: Any) -> str:
     return value.get("arch", "unet") if isinstance(value, dict) else getattr(value, "arch", "unet")
 
 
-# model.arch picks the denoiser; without it, the U-Net.
-Denoiser = Annotated[Union[Annotated[UNetSection, Tag("unet")], Annotated[DiTSection, Tag("dit")]], Discriminator(_arch)]
+# model.arch picks the denoiser; without it, the U-Net. Each section's arch Literal is its one name.
+DENOISERS: dict[str, type[Section]] = {c.model_fields["arch"].default: c for c in (UNetSection, DiTSection)}
+Denoiser = Annotated[Union[tuple(Annotated[c, Tag(arch)] for arch, c in DENOISERS.items())], Discriminator(_arch)]
 
 
 class ViTRecipe(Section):
@@ -172,7 +175,7 @@ class LDMRecipe(Section):
     # class: the denoiser takes a class label (and a null label, for guidance); none: no label at all,
     # for image folders without classes (sampling then takes no --class and no guidance); text: the
     # frozen CLIP text tower's token states, through cross-attention (the clip: stage below)
-    conditioning: Literal["class", "none", "text"] = "class"
+    conditioning: ConditioningKind = "class"
     data: DataConfig = DataConfig()
     vae: VAEStage = VAEStage()
     clip: CLIPStage = CLIPStage()  # conditioning: text only
@@ -191,16 +194,15 @@ class ControlNetRecipe(Section):
 
     kind: Literal["controlnet"] = "controlnet"
     base: str  # the LDM run folder or checkpoint to control (vd train-ldm)
-    control: Literal["edges", "scribble", "depth"] = "scribble"  # vdcli/controls.py
+    control: Control = "scribble"  # vdcli/controls.py
     train: ControlNetTrainConfig = ControlNetTrainConfig()
 
 
 DENOISER_RECIPES = {"unet": "recipes/mnist_latent.yaml", "dit": "recipes/mnist_latent_dit.yaml"}
 NAMES = {"unet": "U-Net", "dit": "DiT"}
-RECIPES: dict[str, type[Section]] = {"vit": ViTRecipe, "vae": VAERecipe, "ldm": LDMRecipe, "clip": CLIPRecipe,
-                                     "controlnet": ControlNetRecipe}
-COMMANDS = {"vit": "vd train-vit", "vae": "vd train-vae", "ldm": "vd train-ldm", "clip": "vd train-clip",
-            "controlnet": "vd train-controlnet"}
+RECIPES: dict[str, type[Section]] = {c.model_fields["kind"].default: c  # each recipe's kind Literal is its one name
+                                     for c in (ViTRecipe, VAERecipe, LDMRecipe, CLIPRecipe, ControlNetRecipe)}
+COMMANDS = {kind: f"vd train-{kind}" for kind in RECIPES}
 SHIPPED = {"vit": "recipes/mnist_vit.yaml", "vae": "recipes/mnist_vae.yaml", "ldm": "recipes/mnist_latent.yaml",
            "clip": "recipes/mnist_clip.yaml", "controlnet": "recipes/mnist_controlnet.yaml"}
 
@@ -230,7 +232,7 @@ def load_recipe(path: str | Path, kind: str, overrides: list[str] = (), notes: l
                       f"e.g. {SHIPPED[kind]}")
     if not isinstance(raw, dict):
         raise VdError(f"{path}: a recipe is a mapping of sections (kind:, data:, model:, train:, ...), not a {type(raw).__name__}")
-    return validate_recipe(raw, kind, source=str(path), overrides=overrides, lines=_key_lines(text), notes=notes)
+    return validate_recipe(raw, kind, source=str(path), overrides=overrides, lines=key_lines(text), notes=notes)
 
 
 def validate_recipe(
@@ -239,8 +241,8 @@ def validate_recipe(
 ) -> Section:
     """Validate a recipe given as a dict (what ``load_recipe`` does after reading the file).
 
-    Each section is checked alone, then the constraints between sections (``_conflicts``); both
-    name the file and line, or the ``--set``, that holds the offending value.
+    Each section is checked alone, then the constraints between sections (``recipe_errors.conflicts``);
+    both name the file and line, or the ``--set``, that holds the offending value.
     """
     found = raw.get("kind", kind)
     if found != kind:
@@ -257,9 +259,9 @@ def validate_recipe(
     try:
         recipe = cls.model_validate(raw)
     except ValidationError as e:
-        raise VdError(_explain(e, cls, source, lines or {}, set_lines)) from None
-    for paths, problem in _conflicts(recipe):
-        raise VdError(f"{_blame(paths, source, lines or {}, set_lines)}: {problem}")
+        raise VdError(explain(e, cls, source, lines or {}, set_lines)) from None
+    for paths, problem in conflicts(recipe):
+        raise VdError(f"{blame(paths, source, lines or {}, set_lines)}: {problem}")
     return recipe
 
 
@@ -270,10 +272,9 @@ def _switch_denoiser(raw: dict, set_lines: dict, source: str, lines: dict, notes
     if ("model", "arch") not in set_lines or not isinstance(raw.get("model"), dict):
         return
     arch = raw["model"].get("arch")
-    sections = {"unet": UNetSection, "dit": DiTSection}
-    if arch not in sections:
+    if arch not in DENOISERS:
         return  # the union's own error lists the valid values
-    valid = sections[arch].model_fields
+    valid = DENOISERS[arch].model_fields
     dropped = [k for k in raw["model"] if k not in valid and ("model", k) not in set_lines]
     if not dropped:
         return
@@ -302,158 +303,6 @@ def _apply_override(raw: dict, item: str) -> tuple[str, ...]:
     except yaml.YAMLError:
         node[keys[-1]] = value
     return keys
-
-
-def _explain(error: ValidationError, cls: type[BaseModel], source: str, lines: dict, set_lines: dict) -> str:
-    """One line for the first problem: where it is, what is wrong, and what would be right."""
-    first = error.errors()[0]
-    raw_loc = tuple(str(p) for p in first["loc"])
-    loc, _ = _resolve(cls, raw_loc)
-    dotted = ".".join(loc) or "(top level)"
-    where = _where(loc, source, lines, set_lines)
-    more = error.error_count() - 1
-    tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    if first["type"] == "extra_forbidden":
-        valid = sorted({k for c in _resolve(cls, raw_loc[:-1])[1] for k in c.model_fields})
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        prefix = ".".join(loc[:-1] + (close[0],)) if close else None
-        hint = f"; did you mean '{prefix}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
-        return f"{where}: unknown key '{dotted}'{hint}{tail}"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] in ("missing",):
-        return f"{where}: '{dotted}' is required{tail}"
-    got = first.get("input")
-    shown = "" if isinstance(got, (dict, list)) or first["type"].startswith("value_error") else f" (got {got!r})"
-    return f"{where}: {dotted}: {msg}{shown}{tail}"
-
-
-# --- constraints between sections ---------------------------------------------------------
-# Each section validates itself (heads against widths, in the model configs); these need two
-# sections at once. They are checked at load, so that a shape that cannot be built fails with the
-# recipe's line before any data is read, instead of in a model constructor.
-
-
-def _divisors(n: int, limit: int = 16) -> str:
-    return ", ".join(str(d) for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
-def _conflicts(recipe: Section) -> list[tuple[tuple[tuple[str, ...], ...], str]]:
-    """(the key paths involved, what is wrong) for every constraint the recipe breaks."""
-    out = []
-    if isinstance(recipe, ControlNetRecipe):
-        return out  # its shapes are the base's: checked when the base is read
-    size = recipe.data.image_size
-    if isinstance(recipe, (ViTRecipe, CLIPRecipe)):
-        model = recipe.model if isinstance(recipe, ViTRecipe) else recipe.model.image  # CLIP's image tower is a ViT
-        p, key = model.patch_size, ("model", "patch_size") if isinstance(recipe, ViTRecipe) else ("model", "image", "patch_size")
-        if size % p:
-            out.append(((key, ("data", "image_size")),
-                        f"{'.'.join(key)} {p} does not divide data.image_size {size}: the ViT cuts the image into "
-                        f"whole patches; use a divisor of {size} ({_divisors(size)}) or another image size"))
-        return out
-    vae, prefix = (recipe.model, "model") if isinstance(recipe, VAERecipe) else (recipe.vae.model, "vae.model")
-    if isinstance(recipe, LDMRecipe) and recipe.vae.checkpoint:
-        return out  # the latent size is the named VAE's: checked when the first stage is read
-    f = vae.downsample
-    if size % f:
-        up = -(-size // f) * f
-        out.append(((("data", "image_size"), tuple(f"{prefix}.downsample".split("."))),
-                    f"data.image_size {size} is not a multiple of {prefix}.downsample {f}, so the latent grid would "
-                    f"not be whole; use data.image_size {up} (smaller images are zero-padded to it) or a smaller {prefix}.downsample"))
-        return out
-    if isinstance(recipe, LDMRecipe):
-        out += denoiser_conflicts(recipe.model, size // f, f"{size}/{f}")
-    return out
-
-
-def denoiser_conflicts(model: Section, latent: int, how: str = "") -> list[tuple[tuple[tuple[str, ...], ...], str]]:
-    """Whether the denoiser fits a latent grid of side ``latent``: whole DiT patches, or a U-Net that can halve it."""
-    side = f"the {latent}x{latent} latent grid" + (f" ({how})" if how else "")
-    if model.arch == "dit" and latent % model.patch_size:
-        return [((("model", "patch_size"),), f"model.patch_size {model.patch_size} does not divide {side}; "
-                 f"use a divisor of {latent} ({_divisors(latent)})")]
-    levels = len(getattr(model, "channel_mult", ()))
-    if model.arch == "unet" and latent % 2 ** (levels - 1):
-        return [((("model", "channel_mult"),), f"model.channel_mult has {levels} levels, so the U-Net halves {side} "
-                 f"{levels - 1} times, which does not come out whole; use fewer levels or a larger image")]
-    return []
-
-
-def _blame(paths: tuple[tuple[str, ...], ...], source: str, lines: dict, set_lines: dict) -> str:
-    """Where a constraint broke: the --set that changed one of ``paths`` (the likeliest cause), else
-    the first of them written in the file."""
-    for path in paths:
-        for n in range(len(path), 0, -1):
-            if path[:n] in set_lines:
-                return f"--set {set_lines[path[:n]]}"
-    for path in paths:
-        if path in lines:
-            return f"{source}:{lines[path]}"
-    return _where(paths[0], source, lines, set_lines)
-
-
-def _where(loc: tuple, source: str, lines: dict, set_lines: dict) -> str:
-    """The --set or file:line that holds ``loc``. A problem with a whole section (model.heads against
-    model.dim) is blamed on a --set inside it, if any: the value just changed is the likeliest cause."""
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in set_lines:
-            return f"--set {set_lines[loc[:n]]}"
-    inside = [keys for keys in set_lines if len(keys) > len(loc) and keys[: len(loc)] == loc]
-    if loc and inside:
-        return f"--set {set_lines[inside[-1]]}"
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return f"{source}:{lines[loc[:n]]}"
-    return source
-
-
-def _section_fields(annotation: Any) -> list[type[BaseModel]]:
-    """The config classes a field may hold (several for a tagged union such as the denoiser)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is Annotated:
-        return _section_fields(args[0])
-    if typing.get_origin(annotation) in (Union, types.UnionType):
-        return [c for a in args for c in _section_fields(a)]
-    return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
-
-
-def _resolve(cls: type[BaseModel], loc: tuple) -> tuple[tuple, list[type[BaseModel]]]:
-    """Follow an error path through the recipe classes: (the path without union tags, the classes there).
-
-    pydantic names the member of a tagged union in the path, ('model', 'unet', 'chanels'); a user
-    wrote model.chanels, so the tag is dropped from what we show.
-    """
-    shown: list[str] = []
-    classes = [cls]
-    for key in loc:
-        if len(classes) > 1:
-            tagged = [c for c in classes if getattr(c.model_fields.get("arch"), "default", None) == key]
-            if tagged:
-                classes = tagged
-                continue
-        shown.append(key)
-        classes = [m for c in classes if key in c.model_fields for m in _section_fields(c.model_fields[key].annotation)]
-    return tuple(shown), classes
-
-
-def _key_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in a YAML document to its 1-based line, for error messages."""
-    out: dict[tuple, int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return out
-
-    def visit(node: yaml.Node, path: tuple) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                child = path + (str(key.value),)
-                out[child] = key.start_mark.line + 1
-                visit(value, child)
-
-    if root is not None:
-        visit(root, ())
-    return out
 
 
 def recipe_to_yaml(recipe: BaseModel) -> str:

@@ -31,7 +31,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ from vdcli.runs import Run
 from vdcli.streaming import Column, step_batches
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, float]]]
-EvalFn = Callable[[nn.Module, int], dict[str, float]]
+EvalFn = Callable[[nn.Module, int], "dict[str, float] | None"]
 
 
 class TrainingInterrupted(VdError):
@@ -200,6 +200,17 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+@dataclass
+class Snapshot:
+    """A copy of the evaluated weights (the EMA's when there is one) taken after step ``at`` into
+    ``module``, saved in the checkpoint under ``name`` from then on and read back on resume:
+    autoguidance's guide, the model's own weights early in training (Karras et al. 2024)."""
+
+    name: str
+    at: int
+    module: nn.Module
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -210,23 +221,23 @@ def fit(
     kind: str,
     meta: dict,
     device: torch.device,
-    seed: int = 0,
-    evaluate: EvalFn | None = None,
-    extra: dict[str, nn.Module] | None = None,
+    evaluate: EvalFn | Sequence[EvalFn] = (),
+    extra: dict[str, nn.Module | dict] | None = None,
+    snapshots: Sequence[Snapshot] = (),
     resume: bool = False,
     quiet: bool = False,
     stop: StopFlag | None = None,
-    snapshots: dict[str, int] | None = None,
 ) -> TrainResult:
-    """Train ``model`` on ``data`` for cfg.steps steps; checkpoint as ``kind`` with ``meta``.
+    """Train ``model`` on ``data`` for cfg.steps steps from cfg.seed; checkpoint as ``kind`` with ``meta``.
 
     loss_fn(model, batch) -> (loss, logs), batch being the rows of each tensor in ``data``
-    for one step, moved to ``device``. evaluate(model, step) -> metrics runs on the EMA model
-    when there is one. ``extra`` modules (an LDM's frozen VAE) are saved in the checkpoint too.
-    ``snapshots`` names ``extra`` modules that take a copy of the evaluated weights (the EMA's when
-    there is one) after a given step, e.g. {"guide": 1000}; a run resumed later reads them back.
+    for one step, moved to ``device``. ``evaluate``: one function or several, each
+    evaluate(model, step) -> metrics (or None) at every cfg.eval_every steps and at the end, on the
+    EMA model when there is one; their metrics are merged. ``extra`` modules (an LDM's frozen
+    VAE) are saved in the checkpoint too, and so are the ``snapshots`` once they are taken.
     """
-    snapshots = snapshots or {}
+    evaluations = [evaluate] if callable(evaluate) else list(evaluate)
+    seed = cfg.seed
     use_deterministic_algorithms(cfg.deterministic)
     prepare(model, device, compiled=cfg.compile)
     rank, world = distributed.rank(), distributed.world_size()
@@ -248,9 +259,9 @@ def fit(
         if ema:
             ema.model.load_state_dict(ckpt.weights("ema"))
         start = ckpt.meta["step"]
-        for name, at in snapshots.items():
-            if start >= at:
-                extra[name].load_state_dict(ckpt.weights(name))
+        for snap in snapshots:
+            if start >= snap.at:
+                snap.module.load_state_dict(ckpt.weights(snap.name))
         load_train_state(run.checkpoint, optimizer, start)
         _truncate_metrics(run, start)
     if start >= cfg.steps:
@@ -263,8 +274,8 @@ def fit(
     stop = stop or StopFlag()
 
     def save(step: int) -> None:
-        taken = {name: m for name, m in (extra or {}).items() if step >= snapshots.get(name, 0)}  # a snapshot only once it is one
-        modules = {"model": model, **({"ema": ema.model} if ema else {}), **taken}
+        taken = {snap.name: snap.module for snap in snapshots if step >= snap.at}  # a snapshot only once it is one
+        modules = {"model": model, **({"ema": ema.model} if ema else {}), **(extra or {}), **taken}
         save_resumable(run.checkpoint, kind, modules, {**meta, "metrics": metrics}, optimizer, step)
 
     batches = step_batches(data, order, start, cfg.steps, rank, world, device)  # streamed columns: read ahead by workers
@@ -290,9 +301,9 @@ def fit(
             optimizer.step()
             if ema:
                 ema.update(model, step)
-            for name, at in snapshots.items():
-                if step == at:
-                    extra[name].load_state_dict((ema.model if ema else model).state_dict())
+            for snap in snapshots:
+                if step == snap.at:
+                    snap.module.load_state_dict((ema.model if ema else model).state_dict())
             watch.add(loss, step)
             logging = step % cfg.log_every == 0 or step == cfg.steps
             evaluating = step % cfg.eval_every == 0 or step == cfg.steps
@@ -307,11 +318,13 @@ def fit(
             if logging:
                 log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **_floats(logs)}) + "\n")
                 log.flush()
-            if evaluate and evaluating and rank == 0:
+            if evaluations and evaluating and rank == 0:
                 eval_model = ema.model if ema else model
                 eval_model.eval()
+                metrics = {}
                 with torch.no_grad(), autocast(device):
-                    metrics = evaluate(eval_model, step)
+                    for evaluation in evaluations:
+                        metrics.update(evaluation(eval_model, step) or {})
                 log.write(json.dumps({"step": step, "eval": metrics}) + "\n")
                 log.flush()
                 report.print(f"step {step}: {format_metrics(metrics)}")

@@ -112,6 +112,11 @@ def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes
     return validated, run
 
 
+# Which module's ``train(recipe, run, ...)`` each training command runs.
+TRAINERS = {"vit": "vdcli.tasks.vit", "vae": "vdcli.tasks.vae", "clip": "vdcli.tasks.clip", "ldm": "vdcli.tasks.ldm_train",
+            "controlnet": "vdcli.tasks.controlnet"}
+
+
 def train_command(kind: str, name: str, doc: str):
     """Register ``vd <name> RECIPE``: the same options for every kind; ``report`` prints the summary."""
     label, example = {"vit": ("A ViT", "mnist_vit.yaml"), "vae": ("A VAE", "mnist_vae.yaml"), "ldm": ("An LDM", "mnist_latent.yaml"),
@@ -136,7 +141,7 @@ def train_command(kind: str, name: str, doc: str):
             check_data_root(data_root)
             where = distributed.setup(check_device(device))  # under torchrun: join the group, one GPU per process
             quiet = quiet or not distributed.is_main()
-            task = importlib.import_module(f"vdcli.tasks.{kind}")
+            task = importlib.import_module(TRAINERS[kind])  # imported here, not above: vd --help stays fast
             notes: list[str] = []
             validated, run = _prepare(kind, recipe, set_, seed, resume, out, notes)
             if not quiet:
@@ -156,9 +161,6 @@ def train_command(kind: str, name: str, doc: str):
         return report
 
     return register
-
-
-# --- the ViT path ---------------------------------------------------------------------------
 
 
 def main() -> None:

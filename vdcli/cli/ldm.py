@@ -12,7 +12,7 @@ from vdcli.cli.options import (ControlMap, ControlNetRun, ControlScale, ControlT
 from vdcli.errors import VdError
 
 
-@train_command("ldm", "train-ldm", """Train a class-conditional latent diffusion model (and its VAE first, if the recipe names none).
+@train_command("ldm", "train-ldm", """Train a latent diffusion model, conditioned on classes, prompts or nothing (and its VAE, and a text model's CLIP, first if the recipe names none).
 
     Example: [bold]vd train-ldm recipes/mnist_latent.yaml[/]  then  [bold]vd sample --steps 50 --sampler ddim[/]
 
@@ -25,9 +25,26 @@ def _report_ldm(summary) -> None:
     say(
         f"[bold]denoiser trained: {summary.steps} steps in {duration(summary.seconds)}, final loss {summary.loss:.4f}[/] ({summary.vae_note})",
         f"wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
-        f"next: vd sample --checkpoint {summary.run.dir} "
-        + {"class": "--class all", "none": "--n 16", "text": "--prompt 'a bold seven' --prompt 'a thin 2'"}[summary.conditioning],
+        f"next: vd sample --checkpoint {summary.run.dir} {summary.next_hint}",
     )
+
+
+def open_ldm(checkpoint, controlnet, control, control_type, control_scale, where, data_root, compile=False):
+    """The model the options name, loaded once for every generating command: (the LDM to sample,
+    the ControlNet model or None, its control maps, the checkpoint, how it was found)."""
+    from vdcli.checkpoint import load_checkpoint
+    from vdcli.runs import find_checkpoint
+    from vdcli.tasks.ldm import load_ldm
+
+    if controlnet is not None:
+        from vdcli.cli.control import load_control_maps, steer
+
+        ckpt, controlled, found = steer(controlnet, where, compile)
+        maps = load_control_maps(controlled, control, control_type, data_root)
+        return controlled.steered(maps[0], control_scale), controlled, maps, ckpt, found
+    path, found = find_checkpoint(checkpoint, "ldm")
+    ckpt = load_checkpoint(path, "ldm")
+    return load_ldm(ckpt, where, compile=compile), None, [], ckpt, found
 
 
 @command("sample")
@@ -66,13 +83,7 @@ def sample_cmd(
     strength; with --control a row per map: the map, then every class), every image under
     images/, and with --trajectory an animated GIF of the denoising.
     """
-    import torch
-
-    from vdcli.checkpoint import load_checkpoint
-    from vdcli.data import load_input
     from vdcli.diffusion import SAMPLERS
-    from vdcli.runs import find_checkpoint
-    from vdcli.tasks import ldm as tasks
 
     check_input(checkpoint, "--checkpoint")
     check_choice(sampler, "--sampler", tuple(SAMPLERS))
@@ -89,85 +100,82 @@ def sample_cmd(
     check_out(out)
     check_data_root(data_root)
     where = check_device(device)
-    controlled = None
-    if controlnet is not None:
-        from vdcli.cli.control import load_control_maps, steer
-
-        ckpt, controlled, found = steer(controlnet, where, compile)
-        maps = load_control_maps(controlled, control, control_type, data_root)
-        model = controlled.steered(maps[0], control_scale)
-    else:
-        path, found = find_checkpoint(checkpoint, "ldm")
-        ckpt = load_checkpoint(path, "ldm")
-        model = tasks.load_ldm(ckpt, where, compile=compile)
+    model, controlled, maps, ckpt, found = open_ldm(checkpoint, controlnet, control, control_type, control_scale, where,
+                                                    data_root, compile)
     sampler = sampler or model.defaults.sampler
     steps = steps or (model.schedule.T if sampler == "ddpm" else model.defaults.steps)
     check_steps(steps, model.schedule.T)
-    if init is not None and class_ is None and not prompt and model.conditioning != "none":
-        raise VdError(f"--init {init}: say what to make of it, e.g. --class 3" + (" or --prompt 'a bold three'" if model.conditioning == "text" else "")
-                      + " (--class none: the unconditional model)")
-    classes, names, w = tasks.condition(model, class_, guidance, single=init is not None, prompts=prompt, negative=negative_prompt)
+    if init is not None and class_ is None and not prompt and model.conditioning.example():
+        raise VdError(f"--init {init}: say what to make of it, e.g. {model.conditioning.example()} (--class none: the unconditional model)")
+    requests, names, w = model.request(class_, guidance, prompt, negative_prompt, single=init is not None)
     if eta is not None and sampler != "ddim":
         raise VdError(f"--eta {eta:g}: only the ddim sampler takes eta ({sampler} is {'stochastic' if sampler == 'ddpm' else 'deterministic'} by construction)")
     eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 0.0)
-    kind = "autoguidance" if model.guide is not None and names == ["unconditional"] else "guidance"
-    if names == ["unconditional"] and model.guide is None and guidance not in (None, 1.0):
+    unconditional = model.conditioning.is_null(requests, None if negative_prompt is None else [negative_prompt])
+    kind = "autoguidance" if model.guide is not None and unconditional else "guidance"
+    if unconditional and model.guide is None and guidance not in (None, 1.0):
         say(f"note: --guidance {guidance:g} is not used: an unconditional sample is guided only by a model trained "
             "with train.guide_at (autoguidance), and this one was not")
+    say(*model.conditioning.warnings(requests, negative_prompt))
     how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, {kind} {w:g}, seed {seed}{', compiled (the time includes the compile)' if compile else ''}"
+    options = dict(sampler=sampler, steps=steps, eta=eta, guidance=w)
     if init is not None:
-        spec = ckpt.meta["data"]
-        pixels, what = load_input(init, spec["image_size"], spec["channels"], data_root)
-        strengths = strengths or [0.8]
-        t0 = time.perf_counter()
-        made = tasks.image_to_image(model, pixels, classes[0], strengths, n=n, sampler=sampler, steps=steps, eta=eta,
-                                    guidance=w, negative=negative_prompt, seed=seed)  # (n, strengths, C, H, W)
-        seconds = time.perf_counter() - t0
-        written = tasks.save_image_to_image(pixels, made, strengths, out)
-        say(f"using {found}",
-            f"[bold]{what} made anew {n} ways[/] at strength {', '.join(f'{x:g}' for x in strengths)} "
-            f"({names[0]}; {how}) in {duration(seconds)}",
-            "wrote " + ", ".join(str(p) for p in written))
-        return
-    if controlled is not None:
-        from vdcli.tasks.controlnet import control_grid, save_control_grid
+        _sample_from_image(model, ckpt, init, requests[0], names[0], strengths or [0.8], n, seed, negative_prompt, options,
+                           how, found, out, data_root)
+    elif controlled is not None:
+        _sample_controlled(controlled, maps, control, requests, names, n, seed, control_scale, negative_prompt, options, how,
+                           found, out)
+    else:
+        _sample_from_noise(model, requests, names, n, batch_size, seed, negative_prompt, trajectory, options, how, found, out)
 
-        t0 = time.perf_counter()
-        samples = control_grid(controlled, maps, classes, n, seed=seed, scale=control_scale, sampler=sampler, steps=steps,
-                               eta=eta, guidance=w, negative=negative_prompt)
-        seconds = time.perf_counter() - t0
-        written = save_control_grid(samples, maps, control, [name for name in names for _ in range(n)], out)
-        say(f"using {found}",
-            f"[bold]{len(maps)} control maps x {len(classes) * n} images[/] ({', '.join(names)}; {controlled.control}, "
-            f"scale {control_scale:g}; {how}) in {duration(seconds)}",
-            "wrote " + ", ".join(str(p) for p in written))
-        return
+
+def _sample_from_noise(model, requests, names, n, batch_size, seed, negative_prompt, trajectory, options, how, found, out) -> None:
+    import torch
+
+    from vdcli.tasks import ldm as tasks
+
     t0 = time.perf_counter()
-    negative = None if negative_prompt is None else [negative_prompt] * (len(classes) * n)
-    samples, frames = tasks.generate_batched(model, tasks.repeat(classes, n), batch_size,
+    negative = None if negative_prompt is None else [negative_prompt] * (len(requests) * n)
+    samples, frames = tasks.generate_batched(model, model.conditioning.repeat(requests, n), batch_size,
                                              generator=torch.Generator().manual_seed(seed), trajectory=trajectory,
-                                             sampler=sampler, steps=steps, eta=eta, guidance=w, negative=negative)
+                                             negative=negative, **options)
     seconds = time.perf_counter() - t0
-
-    from vdcli import images
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = [tasks.save_class_grid(samples, names, n, out / "grid.png")]
-    (out / "images").mkdir(exist_ok=True)
-    for k, image in enumerate(samples):
-        name = names[k // n].replace("/", "-").replace(" ", "_")
-        images.save(images.to_pil(image), out / "images" / f"{name}_{k % n}.png")
-    written.append(out / "images")
-    if trajectory:
-        shown = min(8, n)
-        gif = [images.grid(f[:shown], nrow=shown) for f in frames]
-        written.append(images.save_gif(gif, out / "trajectory.gif", fps=max(4.0, len(gif) / 5), hold_ends=1.0))
-    say(
-        f"using {found}",
+    written = tasks.save_samples(samples, names, n, out, frames)
+    say(f"using {found}",
         f"[bold]{len(samples)} images[/] ({', '.join(names)}; {how}) "
         f"in {duration(seconds)}, {seconds / len(samples) * 1000:.0f} ms per image",
-        "wrote " + ", ".join(str(p) for p in written),
-    )
+        "wrote " + ", ".join(str(p) for p in written))
+
+
+def _sample_from_image(model, ckpt, init, request, name, strengths, n, seed, negative_prompt, options, how, found, out,
+                       data_root) -> None:
+    from vdcli.data import load_input
+    from vdcli.tasks import ldm as tasks
+
+    spec = ckpt.meta["data"]
+    pixels, what = load_input(init, spec["image_size"], spec["channels"], data_root)
+    t0 = time.perf_counter()
+    made = tasks.image_to_image(model, pixels, request, strengths, n=n, negative=negative_prompt, seed=seed,
+                                **options)  # (n, strengths, C, H, W)
+    seconds = time.perf_counter() - t0
+    written = tasks.save_image_to_image(pixels, made, strengths, out)
+    say(f"using {found}",
+        f"[bold]{what} made anew {n} ways[/] at strength {', '.join(f'{x:g}' for x in strengths)} ({name}; {how}) in {duration(seconds)}",
+        "wrote " + ", ".join(str(p) for p in written))
+
+
+def _sample_controlled(controlled, maps, control, requests, names, n, seed, scale, negative_prompt, options, how, found,
+                       out) -> None:
+    from vdcli.tasks.controlnet import control_grid, save_control_grid
+
+    t0 = time.perf_counter()
+    samples = control_grid(controlled, maps, requests, n, seed=seed, scale=scale, negative=negative_prompt, **options)
+    seconds = time.perf_counter() - t0
+    written = save_control_grid(samples, maps, control, [name for name in names for _ in range(n)], out)
+    say(f"using {found}",
+        f"[bold]{len(maps)} control maps x {len(requests) * n} images[/] ({', '.join(names)}; {controlled.control}, "
+        f"scale {scale:g}; {how}) in {duration(seconds)}",
+        "wrote " + ", ".join(str(p) for p in written))
 
 
 @command("inpaint")
@@ -199,10 +207,7 @@ def inpaint_cmd(
     """
     import torch
 
-    from vdcli import images
-    from vdcli.checkpoint import load_checkpoint
     from vdcli.data import load_input, read_mask
-    from vdcli.runs import find_checkpoint
     from vdcli.tasks import ldm as tasks
 
     check_input(image, "IMAGE")
@@ -215,15 +220,7 @@ def inpaint_cmd(
     check_out(out)
     check_data_root(data_root)
     where = check_device(device)
-    if controlnet is not None:
-        from vdcli.cli.control import load_control_maps, steer
-
-        ckpt, controlled, found = steer(controlnet, where)
-        model = controlled.steered(load_control_maps(controlled, control, control_type, data_root)[0], control_scale)
-    else:
-        path, found = find_checkpoint(checkpoint, "ldm")
-        ckpt = load_checkpoint(path, "ldm")
-        model = tasks.load_ldm(ckpt, where)
+    model, _, _, ckpt, found = open_ldm(checkpoint, controlnet, control, control_type, control_scale, where, data_root)
     spec = ckpt.meta["data"]
     check_steps(steps, model.schedule.T)
     pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
@@ -231,19 +228,15 @@ def inpaint_cmd(
     region = read_mask(mask, size)
     if not region.any():
         raise VdError(f"--mask {mask} selects no pixel: white (or the box) marks what to fill")
-    spec = "none" if class_ is None and prompt is None else class_
-    (label,), (name,), w = tasks.condition(model, spec, guidance, single=True, prompts=[prompt] if prompt is not None else None,
-                                           negative=negative_prompt)
-    filled = tasks.inpaint(model, pixels, region, label, n=n, steps=steps, guidance=w, negative=negative_prompt,
+    asked = "none" if class_ is None and prompt is None else class_
+    (request,), (name,), w = model.request(asked, guidance, [prompt] if prompt is not None else None, negative_prompt, single=True)
+    say(*model.conditioning.warnings([request], negative_prompt))
+    filled = tasks.inpaint(model, pixels, region, request, n=n, steps=steps, guidance=w, negative=negative_prompt,
                            generator=torch.Generator().manual_seed(seed))
-    out.mkdir(parents=True, exist_ok=True)
-    masked = torch.where(region[None], torch.full_like(pixels, 128), pixels)
-    written = [images.save(images.grid(torch.cat([pixels[None], masked[None], filled]), nrow=n + 2), out / "inpaint.png")]
-    written += [images.save(images.to_pil(x), out / f"inpaint_{i}.png") for i, x in enumerate(filled)]
+    tasks.save_inpainting(pixels, region, filled, out)
     say(f"using {found}", f"{what}: filled {int(region.sum())} of {size * size} pixels {n} ways "
          f"({name}, DDIM {steps} steps, guidance {w:g})",
          f"wrote {out}/: inpaint.png, inpaint_0..{n - 1}.png")
-
 
 
 @command("diffuse")

@@ -81,7 +81,3 @@ def interpolate_cmd(
         result, how = ldm.interpolate(model, xa, xb, frames, steps), f"slerp between DDIM-{steps} inversions"
     files = vae.write_interpolation(result, out, fps)
     say(f"using {found}", f"{what_a} -> {what_b}: {frames} frames ({how})", f"wrote {', '.join(str(p) for p in files)}")
-
-
-# --- latent diffusion -------------------------------------------------------------------------
-

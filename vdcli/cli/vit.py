@@ -148,7 +148,3 @@ def _prompt_attn_map(prompt: str, checkpoint: str | None, steps: int, seed: int,
         f"'{prompt}': cross-attention of {len(result.words)} token(s) ({' '.join(result.words)}), averaged over "
         f"{steps} DDIM steps, every cross-attention layer and head (seed {seed})",
         f"wrote {written}")
-
-
-# --- the latent space -------------------------------------------------------------------------
-

@@ -1,14 +1,15 @@
 """CLIP, contrastive language–image pre-training (Radford et al. 2021), small, all of it in this file.
 
-Read top to bottom: ``TextConfig``, ``CLIPConfig``, ``CausalSelfAttention``, ``TextBlock``,
-``TextTransformer``, ``CLIP``, ``clip_loss``.
+Read top to bottom: ``TextConfig``, ``CLIPConfig``, ``TextBlock``, ``TextTransformer``, ``CLIP``,
+``clip_loss``.
 
 - Image tower: vd's ViT (``models/vit.py``), whose linear head is CLIP's image projection W_i:
   the normed class-token state -> the joint embedding space.
 - Text tower (the paper's sec. 2.4, as in GPT-2): token + position embeddings, pre-norm blocks
-  with a causal mask, a final LayerNorm. The state at the end-of-text token (``[END]``, the last
-  real token, see ``tokenizer.py``) sees the whole prompt; projected by W_t it is the text's
-  embedding. The token states before projection are what a text-conditioned denoiser attends to.
+  with a causal mask (vd's one ``Attention``, ``causal=True``), a final LayerNorm. The state at
+  the end-of-text token (``[END]``, the last real token, see ``tokenizer.py``) sees the whole
+  prompt; projected by W_t it is the text's embedding. ``TextTransformer.attention_maps`` gives
+  each layer's probabilities. The token states before projection are what a text-conditioned denoiser attends to.
 - Both embeddings are L2-normalised; logits = exp(t) · I_e T_e^T with a learned temperature t,
   initialised to log(1 / 0.07) and clipped so that exp(t) ≤ 100 (sec. 2.5).
 - The loss is the symmetric cross-entropy of the paper's fig. 3: each image must pick its own
@@ -25,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from vdcli.config import Section
-from vdcli.models.attention import attend
+from vdcli.models.attention import Attention
 from vdcli.models.vit import MLP, ViT, ViTConfig, _init_linear, trunc_normal_
 
 
@@ -49,35 +50,23 @@ class CLIPConfig(Section):
     text: TextConfig = TextConfig()
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where token i sees tokens 0..i only."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
-        y = attend(q, k, v, is_causal=True)  # (B, h, T, d)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-
 class TextBlock(nn.Module):
-    """Pre-norm block: x = x + CausalAttn(LN(x)); x = x + MLP(LN(x))."""
+    """Pre-norm block: x = x + CausalAttn(LN(x)); x = x + MLP(LN(x)). Token i sees tokens 0..i only."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads)
+        self.attn = Attention(dim, heads, causal=True)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, need_weights: bool = False):
+        """x [B, L, dim] -> [B, L, dim]; with ``need_weights`` also the probabilities [B, heads, L, L]."""
+        a = self.attn(self.norm1(x), need_weights=need_weights)
+        a, probs = a if need_weights else (a, None)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return (x, probs) if need_weights else x
 
 
 class TextTransformer(nn.Module):
@@ -94,16 +83,38 @@ class TextTransformer(nn.Module):
         trunc_normal_(self.token_embed.weight)
         trunc_normal_(self.pos_embed)
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, ids: torch.Tensor, need_weights: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         B, L = ids.shape
         if L > self.cfg.max_length:
             raise ValueError(f"{L} tokens, but this text tower takes at most {self.cfg.max_length}")
         x = self.token_embed(ids) + self.pos_embed[:, :L]  # (B, L, dim)
+        maps = []
         for block in self.blocks:
-            x = block(x)
+            if need_weights:
+                x, probs = block(x, need_weights=True)
+                maps.append(probs)  # (B, heads, L, L)
+            else:
+                x = block(x)
+        return x, maps
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B = len(ids)
+        x, _ = self._encode(ids, need_weights=False)
         states = self.norm(x)  # (B, L, dim); padding after [END] never reaches a real token (causal mask)
         end = mask.long().sum(1) - 1  # [END] is the last real token
         return states, states[torch.arange(B), end]  # (B, L, dim), (B, dim)
+
+    def attention_maps(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Per block, first to last, the causal self-attention probabilities [B, heads, L, L].
+
+        Row i is what token i reads of tokens 0..i: zero above the diagonal, every row sums to 1.
+        ``mask`` [B, L] (True = a real token) is ``forward``'s: the rows and columns after a
+        prompt's [END] belong to its padding, computed like any other token but read by no real
+        one (the causal mask), so a picture of prompt b crops to its first ``mask[b].sum()`` tokens.
+        """
+        if mask.shape != ids.shape:
+            raise ValueError(f"mask {tuple(mask.shape)} must have the shape of ids {tuple(ids.shape)}")
+        return self._encode(ids, need_weights=True)[1]
 
 
 class CLIP(nn.Module):

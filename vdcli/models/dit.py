@@ -1,7 +1,7 @@
 """A DiT denoiser (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers"), all of it here.
 
-A ViT over latent patches: the same ``PatchEmbed``, and the ViT's ``Attention`` and ``MLP``
-imported from ``vit.py``. What is new is how time t and class y enter (sec. 3.2, "adaLN-Zero"):
+A ViT over latent patches: the same ``PatchEmbed``, vd's one ``Attention`` (``attention.py``)
+and the ViT's ``MLP``. What is new is how time t and class y enter (sec. 3.2, "adaLN-Zero"):
 ``ConditionEmbedding`` turns (t, y) into one vector c, and every block regresses from c a shift,
 a scale and a gate for each of its two branches:
 
@@ -17,7 +17,7 @@ consequence worth knowing: the first optimiser step can only move the final line
 upstream is multiplied by its zero weights); the gates and the conditioning receive gradient
 from the second step on.
 
-Same call as the U-Net, ``model(x, t, y)``, so ``model.arch`` can pick either.
+Same call as the U-Net, ``model(x, t, cond)`` (``conditioning.Cond``), so ``model.arch`` can pick either.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from vdcli.conditioning import Cond
 from vdcli.config import Section
-from vdcli.models.attention import Attention as CrossAttention
+from vdcli.models.attention import Attention
 from vdcli.models.embeddings import ConditionEmbedding
 from vdcli.models.patches import PatchEmbed, unpatchify
-from vdcli.models.vit import MLP, Attention, trunc_normal_
+from vdcli.models.vit import MLP, trunc_normal_
 
 
 class DiTConfig(Section):
@@ -64,7 +65,7 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))  # c -> 2 x (shift, scale, gate)
         if context_dim:  # DiT's "cross-attention block" (sec. 3.2), between self-attention and MLP; class models have none
             self.norm_cross = nn.LayerNorm(dim)
-            self.cross = CrossAttention(dim, heads, context_dim)
+            self.cross = Attention(dim, heads, context_dim=context_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,7 +77,7 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """(x_t [B, C, S, S], t [B] int or float, y [B] long in 0..num_classes) -> [B, C, S, S].
+    """(x_t [B, C, S, S], t [B] int or float, cond) -> [B, C, S, S]: ``cond.labels`` [B] long in 0..num_classes.
 
     y = num_classes is the null class ("no condition") that classifier-free guidance needs; a DiT
     built with num_classes = 0 is unconditional and takes no y.
@@ -115,20 +116,28 @@ class DiT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """As the U-Net's: a model built with ``context_dim`` takes the text's token states ``context``
-        [B, L, context_dim], their ``context_mask`` [B, L] and optionally ``pooled`` [B, context_dim] instead of y."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | None = None,
+                control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """As the U-Net's: ``cond`` holds labels for a class model, or for a model built with
+        ``context_dim`` the text's token ``states`` [B, L, context_dim], their ``mask`` [B, L] and
+        optionally ``pooled`` [B, context_dim]. ``control``: a DiT ControlNet's residuals, one per
+        block from the first on (``models/controlnet.py``), each added to that block's output."""
         if x.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"this DiT was built for {self.image_size}x{self.image_size} latents, got {x.shape[-2]}x{x.shape[-1]}")
+        cond = cond if cond is not None else Cond()
+        context, context_mask = cond.states, cond.mask
         if (context is None) != (self.context_dim is None):
             raise ValueError("this DiT was built " + ("with a context_dim: give it a context" if context is None
                                                       else "without a context_dim (no text conditioning)"))
-        c = self.cond(t, y, pooled)  # (B, dim)
+        c = self.cond(t, cond.labels, cond.pooled)  # (B, dim)
         h = self.patch_embed(x) + self.pos_embed  # (B, N, dim)
-        for block in self.blocks:
+        control = control or []
+        if len(control) > len(self.blocks):
+            raise ValueError(f"control has {len(control)} residuals; this DiT has {len(self.blocks)} blocks")
+        for i, block in enumerate(self.blocks):
             h = block(h, c, context, context_mask)
+            if i < len(control):
+                h = h + control[i]
         shift, scale = self.ada(c).chunk(2, dim=-1)  # 2 x (B, dim)
         h = self.out(modulate(self.norm(h), shift, scale))  # (B, N, C*P*P)
         return unpatchify(h, self.cfg.patch_size, self.in_channels, self.image_size, self.image_size)  # (B, C, S, S)

@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
+from vdcli.conditioning import Cond
 from vdcli.config import Section
-from vdcli.models.attention import Attention, attend
+from vdcli.models.attention import Attention, attend, merge_heads, split_heads
 from vdcli.models.embeddings import ConditionEmbedding
 
 
@@ -100,7 +101,15 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention among the H*W positions of a feature map, plus the input."""
+    """Multi-head self-attention among the H*W positions of a feature map, plus the input.
+
+    Why not ``attention.Attention``: its parameters are 1x1 convs, ``qkv.weight`` [3C, C, 1, 1]
+    and ``proj.weight`` [C, C, 1, 1] (as in Ho et al.'s code), where ``Attention`` holds Linear
+    weights [3C, C] and [C, C]; and it owns a GroupNorm and the residual over a feature map.
+    Wrapping ``Attention`` would change the state dict's keys (``attn.qkv`` ->
+    ``attn.attn.qkv``) and shapes, and every U-Net checkpoint with them. What is shared is
+    the attention itself: the same ``split_heads`` / ``merge_heads`` and the same ``attend``.
+    """
 
     def __init__(self, channels: int, heads: int):
         super().__init__()
@@ -116,8 +125,8 @@ class SelfAttention(nn.Module):
         # tokens: q, k and v then come out with the head width contiguous, the layout the fused
         # attention kernels need (strided ones fall back to the unfused math, on the CPU too).
         qkv = F.linear(tokens, self.qkv.weight.flatten(1), self.qkv.bias)  # (B, HW, 3C)
-        q, k, v = qkv.view(B, H * W, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, HW, hs)
-        y = attend(q, k, v).transpose(1, 2).reshape(B, H * W, C)  # heads side by side again
+        q, k, v = (split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))  # 3 x (B, nh, HW, hs)
+        y = merge_heads(attend(q, k, v))  # (B, HW, C)
         out = F.linear(y, self.proj.weight.flatten(1), self.proj.bias)  # (B, HW, C)
         return x + out.transpose(1, 2).reshape(B, C, H, W)
 
@@ -128,7 +137,7 @@ class CrossAttention(nn.Module):
     def __init__(self, channels: int, heads: int, context_dim: int):
         super().__init__()
         self.norm = _norm(channels)
-        self.attn = Attention(channels, heads, context_dim)
+        self.attn = Attention(channels, heads, context_dim=context_dim)
         _zero(self.attn.proj)  # starts as the identity, like every other block here
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None) -> torch.Tensor:
@@ -177,7 +186,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """(x_t [B, C, S, S], t [B], y [B]) -> [B, C, S, S]."""
+    """(x_t [B, C, S, S], t [B], cond) -> [B, C, S, S]."""
 
     def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, num_classes: int,
                  context_dim: int | None = None):
@@ -227,25 +236,26 @@ class UNet(nn.Module):
         self.norm_out = _norm(c)
         self.conv_out = _zero(nn.Conv2d(c, in_channels, 3, padding=1))  # the untrained model predicts 0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                control: list[torch.Tensor] | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, C, H, W]; t [B] integer or fractional timesteps; y [B] labels in 0..num_classes (the null),
-        or None for a model built with num_classes = 0.
-
-        A model built with ``context_dim`` (text conditioning) takes instead ``context`` [B, L, context_dim],
-        the text encoder's token states, with ``context_mask`` [B, L] (True = a real token), and
-        optionally ``pooled`` [B, context_dim], the whole prompt's state, added to the time embedding.
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond | None = None,
+                control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, C, H, W]; t [B] integer or fractional timesteps; ``cond`` what the model was built to
+        read (``conditioning.Cond``): ``labels`` [B] in 0..num_classes (the null) for a class model;
+        for a model built with ``context_dim`` (text), ``states`` [B, L, context_dim], the text
+        encoder's token states, with ``mask`` [B, L] (True = a real token) and optionally ``pooled``
+        [B, context_dim], the whole prompt's state, added to the time embedding; None for a model
+        built with neither.
 
         ``control``: a ControlNet's residuals (Zhang et al. 2023, sec. 3.2), one per skip
         connection in the order the down path makes them, then one for the middle block's output;
         each is added to what it matches before the up path reads it.
         """
         # Ho et al. apply this SiLU in every block, before its projection of emb: the same function, computed once.
+        cond = cond if cond is not None else Cond()
+        context, context_mask = cond.states, cond.mask
         if (context is None) != (self.context_dim is None):
             raise ValueError("this U-Net was built " + ("with a context_dim: give it a context" if context is None
                                                         else "without a context_dim (no text conditioning)"))
-        emb = F.silu(self.cond(t, y, pooled))  # (B, emb_dim)
+        emb = F.silu(self.cond(t, cond.labels, cond.pooled))  # (B, emb_dim)
         h = self.conv_in(x)  # (B, widths[0], H, W)
         skips = [h]
         for layer in self.down:

@@ -1,7 +1,7 @@
 """The Vision Transformer classifier of Dosovitskiy et al. 2021, all of it in this file.
 
-Read top to bottom: ``ViTConfig``, ``Attention``, ``MLP``, ``Block``, ``ViT``, and
-``attention_rollout`` for looking inside a trained model.
+Read top to bottom: ``ViTConfig``, ``MLP``, ``Block``, ``ViT``, and ``attention_rollout`` for
+looking inside a trained model. The attention is vd's one ``Attention`` (``models/attention.py``).
 
 An image becomes N patch tokens (``patches.PatchEmbed``). ``ViT.tokens`` is where the rest of
 the paper's eq. 1 happens: the learnable class token is prepended at position 0 and the learnable
@@ -14,15 +14,13 @@ same logits; a training step at the MNIST recipe's size went from 1.01x to 1.13x
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
 from vdcli.config import Section
-from vdcli.models.attention import attend
+from vdcli.models.attention import Attention
 from vdcli.models.patches import PatchEmbed
 
 
@@ -39,38 +37,6 @@ class ViTConfig(Section):
         if self.dim % self.heads:
             raise ValueError(f"model.dim ({self.dim}) must be a multiple of model.heads ({self.heads})")
         return self
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention (Vaswani et al. 2017), returning the probabilities only when asked.
-
-    Without them it calls ``scaled_dot_product_attention`` (fused kernels on GPU, which never
-    materialise the T x T matrix); with them it computes softmax(QK^T / sqrt(d)) explicitly.
-    Both paths compute the same function, and apply dropout to the same probabilities.
-    """
-
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.dropout = dropout
-
-    def forward(self, x: torch.Tensor, need_weights: bool = False, queries: int | None = None):
-        """``queries``: only the first that many tokens' outputs are wanted (all attend to every key)."""
-        B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in self.qkv(x).chunk(3, dim=-1))  # 3 x (B, h, T, d)
-        if queries is not None:
-            q, T = q[:, :, :queries], queries  # (B, h, queries, d)
-        p_drop = self.dropout if self.training else 0.0
-        if need_weights:
-            probs = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # (B, h, T, T), rows sum to 1
-            y = F.dropout(probs, p_drop) @ v  # (B, h, T, d)
-        else:
-            probs = None
-            y = attend(q, k, v, dropout_p=p_drop)  # (B, h, T, d)
-        y = self.proj(y.transpose(1, 2).reshape(B, T, C))  # heads side by side again: (B, T, C)
-        return (y, probs) if need_weights else y
 
 
 class MLP(nn.Module):
@@ -92,16 +58,14 @@ class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, dropout=dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False, queries: int | None = None):
         """``queries``: return only the first that many tokens' states, (B, queries, dim)."""
-        if need_weights:
-            a, probs = self.attn(self.norm1(x), need_weights=True)
-        else:
-            a, probs = self.attn(self.norm1(x), queries=queries), None
+        a = self.attn(self.norm1(x), need_weights=need_weights, queries=queries)  # (B, queries or T, dim)
+        a, probs = a if need_weights else (a, None)
         if queries is not None:
             x = x[:, :queries]
         x = x + a

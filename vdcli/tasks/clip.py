@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from vdcli import distributed, images
 from vdcli.captions import Captioner
 from vdcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from vdcli.conditioning import draw_captions
 from vdcli.data import ImageSet, data_spec, load_split, to_float
 from vdcli.models.clip import CLIP, CLIPConfig, clip_loss
 from vdcli.models.clip import TextTransformer
@@ -97,7 +98,7 @@ def _clip_part(ckpt: Checkpoint, prefix: str) -> tuple[dict, dict[str, torch.Ten
     """(the CLIP's meta, its state dict) from a CLIP checkpoint (prefix "") or one that embeds it."""
     if prefix:
         return ckpt.meta[prefix], ckpt.weights(prefix)
-    return ckpt.meta, ckpt.weights("ema" if ckpt.has("ema") else "model")
+    return ckpt.meta, ckpt.trained()
 
 
 def load_clip(ckpt: Checkpoint, device: torch.device, prefix: str = "") -> tuple[CLIP, Tokenizer]:
@@ -275,8 +276,7 @@ def train_stage(recipe: CLIPRecipe, train_set: ImageSet, test_set: ImageSet, run
         x = to_float(x)
         if cfg.shift:
             x = random_shift(x, cfg.shift)
-        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))  # from the step's seeded RNG
-        ids, mask = tokenize([captioner.caption(int(i), g) for i in index.tolist()])
+        ids, mask = tokenize(draw_captions(captioner, index))
         logits = model(x, ids.to(x.device), mask.to(x.device))  # (B, B)
         loss = clip_loss(logits)
         return loss, {"temperature": model.scale().detach().double().reciprocal()}  # read on logging steps only
@@ -285,7 +285,7 @@ def train_stage(recipe: CLIPRecipe, train_set: ImageSet, test_set: ImageSet, run
         return scores(model, tokenizer, test_captioner, test_set, device, cfg.eval_images)
 
     result = fit(model, loss_fn, (train_set.images, torch.arange(len(train_set))), cfg, run, kind="clip", meta=meta,
-                 device=device, seed=cfg.seed, evaluate=evaluate, resume=resume, quiet=quiet)
+                 device=device, evaluate=evaluate, resume=resume, quiet=quiet)
     train_seconds = time.perf_counter() - t0
 
     ckpt = load_checkpoint(run.checkpoint, "clip")

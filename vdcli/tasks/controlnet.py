@@ -3,7 +3,8 @@
 ``train`` reads the base LDM run the recipe names (its denoiser frozen, its VAE, data and
 condition drop rate), computes the recipe's control map of every training image once
 (``controls.control_maps``, cached in ``<run>/controls.safetensors``), and trains
-``models.controlnet.ControlNet`` through ``trainer.fit`` on the base's own loss: the base's
+the ControlNet that fits the base (``models.controlnet``: a copy of a U-Net's encoder, or of a
+DiT's first blocks) through ``trainer.fit`` on the base's own loss: the base's
 prediction with the ControlNet's residuals added, against the same target. The condition is
 dropped at the base's rate (labels to the null class; a text base's captions, drawn as it drew
 them, to the empty prompt) and control maps to an empty map at ``control_drop_prob``.
@@ -14,7 +15,6 @@ under meta["base"]), so ``vd sample --controlnet RUN`` needs nothing else.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,10 +30,11 @@ from vdcli.data import load_split
 from vdcli.device import frozen
 from vdcli.diffusion import diffusion_loss
 from vdcli.errors import VdError
-from vdcli.models.controlnet import ControlNet, Controlled
-from vdcli.models.unet import UNet
+from vdcli.conditioning import strategy
+from vdcli.models.controlnet import Controlled, controlnet_for
 from vdcli.recipe import ControlNetRecipe, DataConfig
 from vdcli.runs import Run, find_checkpoint
+from vdcli.tasks.clip import caption_source
 from vdcli.tasks.ldm import LDM, generate, load_ldm
 from vdcli.tasks.stages import cached_latents
 from vdcli.trainer import fit, seeded_init
@@ -47,9 +48,6 @@ def base_checkpoint(named: str) -> Path:
     header = read_header(path)
     if header.get("kind") != "ldm":
         raise VdError(f"base {path} is {KINDS.get(header.get('kind'), 'not a vd checkpoint')}, but a ControlNet needs {KINDS['ldm']}")
-    meta = json.loads(header["meta"])
-    if meta["model"]["arch"] != "unet":
-        raise VdError(f"base {path} has a {meta['model']['arch']} denoiser; ControlNet copies a U-Net's encoder (train the base with model.arch: unet)")
     return path
 
 
@@ -59,14 +57,15 @@ def embedded_base(ckpt: Checkpoint) -> Checkpoint:
     return Checkpoint(ckpt.path, "ldm", ckpt.meta["base"], {k[len(start):]: v for k, v in ckpt.tensors.items() if k.startswith(start)})
 
 
-def build_controlnet(base: UNet, meta: dict) -> ControlNet:
-    return ControlNet(base, meta["data"]["image_size"] // meta["latent_shape"][-1])
+def build_controlnet(base: nn.Module, meta: dict) -> nn.Module:
+    """The ControlNet for a base denoiser (U-Net or DiT) of an LDM whose meta is ``meta``."""
+    return controlnet_for(base, meta["data"]["image_size"] // meta["latent_shape"][-1])
 
 
 @dataclass
 class ControlledLDM:
     ldm: LDM  # the base
-    controlnet: ControlNet
+    controlnet: nn.Module  # models.controlnet.ControlNet or DiTControlNet
     control: str  # edges, scribble or depth
     image_size: int  # the base's images, and so the control maps, are image_size x image_size
 
@@ -83,7 +82,7 @@ def load_controlled(ckpt: Checkpoint, device: torch.device, compile: bool = Fals
     ``Controlled`` then calls the same two compiled networks."""
     base = load_ldm(embedded_base(ckpt), device)
     net = build_controlnet(base.denoiser, ckpt.meta["base"])  # copies the plain base's encoder
-    net.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
+    net.load_state_dict(ckpt.trained())
     if compile:
         base = replace(base, denoiser=frozen(base.denoiser, device, compile=True))
     return ControlledLDM(base, frozen(net, device, compile), ckpt.meta["control"], ckpt.meta["data"]["image_size"])
@@ -108,13 +107,11 @@ def cached_controls(run: Run, train_images: torch.Tensor, kind: str) -> torch.Te
     return maps
 
 
-def control_grid(model: ControlledLDM, maps: list[torch.Tensor], conditions: list, n: int, seed: int = 0, scale: float = 1.0,
+def control_grid(model: ControlledLDM, maps: list[torch.Tensor], requests: list, n: int, seed: int = 0, scale: float = 1.0,
                  negative: str | None = None, **options) -> torch.Tensor:
-    """Per control map (uint8 [1, H, W] each) a row: n samples of each condition (class labels or prompts),
-    from one seed per row. uint8 [len(maps), len(conditions) · n, C, H, W]."""
-    from vdcli.tasks.ldm import repeat
-
-    wanted = repeat(conditions, n)
+    """Per control map (uint8 [1, H, W] each) a row: n samples of each request (a class or a prompt),
+    from one seed per row. uint8 [len(maps), len(requests) · n, C, H, W]."""
+    wanted = model.ldm.conditioning.repeat(requests, n)
     rows = []
     for hint in maps:
         steered = model.steered(hint, scale)
@@ -159,54 +156,36 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
         net = build_controlnet(base.denoiser, base_meta)  # a copy of the base's encoder; the new layers start at zero
     base.denoiser.requires_grad_(False)
     schedule, cfg = base.schedule, recipe.train
-    conditioned = base.conditioning != "none"  # by class labels, or by captions
-    text_model = base.conditioning == "text"
     drop_rate = base_meta["recipe"]["train"]["cond_drop_prob"]
     gamma = base_meta["diffusion"].get("min_snr_gamma")
-    if text_model:  # the base's own captions of the training images, drawn anew each step
-        from vdcli.tasks.clip import caption_source
-        from vdcli.tasks.stages import TextCache
-
+    captioner = None
+    if base.conditioning.reads_text:  # the base's own captions of the training images, drawn anew each step
         captioner = caption_source(base_ckpt, data_cfg, train_set, data_root, prefix="clip")
-        texts = TextCache(base.text)
+    conditioning = strategy(base.conditioning.name, base.classes, base.conditioning.text, captioner)
 
     def loss_fn(model: nn.Module, batch):
-        mean, logvar, y, hint = batch
+        mean, logvar, rows, hint = batch
         z = base.norm(mean + (0.5 * logvar).exp() * torch.randn_like(mean))
         hint = hint.float() / 255.0  # (B, 1, H, W)
         keep = (torch.rand(len(hint), device=hint.device) >= cfg.control_drop_prob).float()
         hint = hint * keep[:, None, None, None]  # an empty map: what --control-scale scales away from
-        text = {}
-        if text_model:  # y: the images' indices; as the base was trained, a tenth of the captions dropped to ""
-            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-            captions = [captioner.caption(int(i), g) for i in y.tolist()]
-            drop = (torch.rand(len(captions)) < drop_rate).tolist()
-            states, pooled, mask = (v.to(z.device) for v in texts(["" if d else c for c, d in zip(captions, drop)]))
-            text, y = {"context": states, "context_mask": mask, "pooled": pooled}, None
-        elif conditioned:
-            drop = torch.rand(y.shape, device=y.device) < drop_rate
-            y = torch.where(drop, torch.full_like(y, base.null_class), y)
-        else:
-            y = None
+        cond = conditioning.training(rows, drop_rate, z.device)  # dropped at the base's rate, as the base was trained
 
         def model_fn(x, t):
-            return base.denoiser(x, t, y, control=model(x, t, hint, y, **text), **text)
+            return base.denoiser(x, t, cond, control=model(x, t, hint, cond))
 
         return diffusion_loss(model_fn, z, schedule, gamma), {}
 
-    shown = torch.arange(4)  # the first test images' maps, one row each
+    shown = torch.arange(4)  # the first test images' maps, one row each, asked for the map's own class
     shown_maps = list(control_maps(test_set.images[shown], recipe.control))
-    if text_model:
-        shown_labels = [base.classes[int(test_set.labels[i])] for i in shown]  # the class name as the prompt
-    else:
-        shown_labels = [int(test_set.labels[i]) if conditioned else base.null_class for i in shown]
+    shown_requests = [conditioning.of_class(int(test_set.labels[i])) for i in shown]
     defaults = base.defaults
 
     def evaluate(model: nn.Module, step: int) -> dict:
         t0 = time.perf_counter()
         controlled = ControlledLDM(base, model, recipe.control, base_meta["data"]["image_size"])
-        rows = [control_grid(controlled, [m], [label], 8, sampler=defaults.sampler, steps=defaults.steps, eta=defaults.eta,
-                             guidance=defaults.guidance if conditioned else 1.0)[0] for m, label in zip(shown_maps, shown_labels)]
+        rows = [control_grid(controlled, [m], [request], 8, sampler=defaults.sampler, steps=defaults.steps, eta=defaults.eta,
+                             guidance=defaults.guidance)[0] for m, request in zip(shown_maps, shown_requests)]
         channels = rows[0].shape[1]
         picture = images.grid(torch.cat([torch.cat([m.expand(channels, -1, -1)[None], r]) for m, r in zip(shown_maps, rows)]), nrow=9)
         names = [f"{recipe.control} of {base.classes[int(test_set.labels[i])]}" for i in shown]
@@ -215,8 +194,7 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
 
     meta = {"base": base_meta, "control": recipe.control, "data": base_meta["data"], "recipe": recipe.model_dump(mode="json"),
             "base_path": str(path)}
-    labels = torch.arange(len(train_set)) if text_model else train_set.labels  # a text model's captions are found by index
-    result = fit(net, loss_fn, (mean, logvar, labels, hints), cfg, run, kind="controlnet", meta=meta,
-                 device=device, seed=cfg.seed, evaluate=evaluate, extra={"base": base_ckpt.tensors}, resume=resume, quiet=quiet)
+    result = fit(net, loss_fn, (mean, logvar, conditioning.column(train_set), hints), cfg, run, kind="controlnet", meta=meta,
+                 device=device, evaluate=evaluate, extra={"base": base_ckpt.tensors}, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
     return ControlNetSummary(run, result.loss, result.step, result.seconds, [run.checkpoint, run.dir / "loss.png", *grids[-1:]])

@@ -23,9 +23,7 @@ from PIL import Image
 
 from vdcli import images
 from vdcli.data import to_float, to_uint8
-from vdcli.diffusion import NoiseSchedule, add_noise
-
-SCHEDULES = ("linear", "scaled_linear", "cosine")
+from vdcli.diffusion import SCHEDULES, NoiseSchedule, add_noise
 
 
 @dataclass

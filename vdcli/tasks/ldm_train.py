@@ -20,16 +20,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vdcli.conditioning import STRATEGIES, strategy
 from vdcli.data import data_spec, load_split
 from vdcli.diffusion import NoiseSchedule, diffusion_loss
 from vdcli.models.vae import LatentNorm
 from vdcli.recipe import LDMRecipe
 from vdcli.runs import Run
 from vdcli.streaming import at_most
+from vdcli.tasks.clip import caption_source, load_text_encoder
+from vdcli.tasks.diffuse import VAECodec, write_diffusion_pictures
 from vdcli.tasks.ldm import LDM, build_denoiser, class_grid, save_class_grid
-from vdcli.tasks.stages import TextCache, cached_latents, first_stage, named_clip, named_vae, text_stage
+from vdcli.tasks.stages import cached_latents, first_stage, named_clip, named_vae, text_stage
 from vdcli.tasks.vae import load_vae
-from vdcli.trainer import fit, seeded_init
+from vdcli.trainer import EvalFn, Snapshot, fit, seeded_init
 
 
 @dataclass
@@ -40,12 +43,15 @@ class LDMSummary:
     seconds: float
     vae_note: str
     files: list[Path]
-    conditioning: str = "class"
+    next_hint: str = "--class all"  # what vd sample should be told next
 
 
-def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False) -> LDMSummary:
+def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, resume=False, quiet=False,
+          hooks: tuple[EvalFn, ...] = ()) -> LDMSummary:
+    """``hooks``: more evaluations, each ``hook(ema_model, step)`` at every ``train.eval_every``
+    (bench/autoguidance.py keeps the weights of each)."""
     named_vae(recipe)  # a typo in vae.checkpoint fails now, not after the data is loaded
-    text_model = recipe.conditioning == "text"
+    text_model = STRATEGIES[recipe.conditioning].reads_text  # then a CLIP stage too
     if text_model:
         named_clip(recipe)
     train_set = load_split(recipe.data, "train", data_root)
@@ -70,60 +76,39 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         "recipe": recipe.model_dump(mode="json"),
     }
     extra = {"vae": vae, "latent_norm": norm}
-    data = (mean, logvar, train_set.labels)
-    text = None
+    text, captioner = None, None
     if text_model:
-        from vdcli.tasks.clip import caption_source, load_text_encoder
-
         text = load_text_encoder(clip_ckpt, device)
         captioner = caption_source(clip_ckpt, recipe.data, train_set, data_root)  # captions of the training images, by index
-        texts = TextCache(text)
         meta["clip"] = clip_ckpt.meta
         meta["text"] = {"dim": text.dim, "max_length": text.max_length}
-        extra["clip"] = clip_ckpt.weights("ema" if clip_ckpt.has("ema") else "model")  # CLIP (and its tokenizer, in meta) travels along
-        data = (mean, logvar, torch.arange(len(train_set)))
+        extra["clip"] = clip_ckpt.trained()  # CLIP (and its tokenizer, in meta) travels along
+    conditioning = strategy(recipe.conditioning, spec["classes"], text, captioner)
     with seeded_init(recipe.train.seed, "denoiser"):
         model = build_denoiser(meta)
     schedule = NoiseSchedule.from_config(recipe.diffusion)
-    null = len(spec["classes"])
     cfg = recipe.train
-    guide, snapshots = None, {}
+    guide, snapshots = None, []
     if cfg.guide_at:  # autoguidance's bad model: the EMA weights at this step, copied by the trainer
-        meta["guide_step"] = snapshots["guide"] = max(1, round(cfg.guide_at * cfg.steps))
+        meta["guide_step"] = max(1, round(cfg.guide_at * cfg.steps))
         with seeded_init(cfg.seed, "guide"):  # its initial weights are overwritten; this keeps the global RNG as it was
-            extra["guide"] = guide = build_denoiser(meta).requires_grad_(False)
+            guide = build_denoiser(meta).requires_grad_(False)
+        snapshots.append(Snapshot("guide", meta["guide_step"], guide))
 
     def loss_fn(model: nn.Module, batch):
-        mean, logvar, y = batch
+        mean, logvar, rows = batch
         z = norm(mean + (0.5 * logvar).exp() * torch.randn_like(mean))  # a fresh posterior sample each time
-        if text_model:  # y: the images' indices; a caption drawn for each from the step's seeded RNG
-            g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
-            captions = [captioner.caption(int(i), g) for i in y.tolist()]
-            drop = (torch.rand(len(captions)) < cfg.cond_drop_prob).tolist()  # the empty prompt teaches the unconditional model
-            states, pooled, mask = (v.to(z.device) for v in texts(["" if d else c for c, d in zip(captions, drop)]))
-            return diffusion_loss(lambda x, t: model(x, t, context=states, context_mask=mask, pooled=pooled), z,
-                                  schedule, recipe.diffusion.min_snr_gamma), {}
-        if recipe.conditioning == "none":
-            return diffusion_loss(lambda x, t: model(x, t), z, schedule, recipe.diffusion.min_snr_gamma), {}
-        drop = torch.rand(y.shape, device=y.device) < cfg.cond_drop_prob
-        y = torch.where(drop, torch.full_like(y, null), y)  # the null class teaches the unconditional model
-        return diffusion_loss(lambda x, t: model(x, t, y), z, schedule, recipe.diffusion.min_snr_gamma), {}
+        cond = conditioning.training(rows, cfg.cond_drop_prob, z.device)
+        return diffusion_loss(lambda x, t: model(x, t, cond), z, schedule, recipe.diffusion.min_snr_gamma), {}
 
-    # One row per class (at most ten) and a last row from the null label, the unconditional model
-    # that guidance extrapolates from (autoguided once there is a guide); an unconditional model
-    # fills all eight rows.
-    if recipe.conditioning == "none":
-        shown, unconditional, names = [], [null] * 8, ["unconditional"] + [""] * 7
-    elif text_model:  # the recipe's fixed prompts (default: the class names), then the empty prompt
-        shown, unconditional = list(recipe.sample.prompts or spec["classes"][:10]), [""]
-        names = shown + ["unconditional"]
-    else:
-        shown, unconditional = list(range(min(null, 10))), [null]
-        names = [spec["classes"][c] for c in shown] + ["unconditional"]
+    # One row per class or prompt (at most ten) and a last row asking for nothing, the
+    # unconditional model that guidance extrapolates from (autoguided once there is a guide); an
+    # unconditional model fills all eight rows.
+    shown, unconditional, names = conditioning.grid_rows(recipe.sample.prompts)
 
     def evaluate(model: nn.Module, step: int) -> dict:
         t0 = time.perf_counter()
-        ldm = LDM(model, vae, norm, schedule, spec["classes"], vae.latent_shape, recipe.sample, recipe.conditioning, text,
+        ldm = LDM(model, vae, norm, schedule, conditioning, vae.latent_shape, recipe.sample,
                   guide if guide is not None and step >= meta["guide_step"] else None)
         options = dict(sampler=recipe.sample.sampler, steps=recipe.sample.steps, eta=recipe.sample.eta)
         rows = [class_grid(ldm, shown, 8, seed=0, guidance=recipe.sample.guidance, **options)[0]] if shown else []
@@ -133,12 +118,10 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
 
     pictures = [run.dir / "forward_process.png", run.dir / "schedule.png"]
     if not all(p.exists() for p in pictures):  # once per run: what the forward process does to this data
-        from vdcli.tasks.diffuse import VAECodec, write_diffusion_pictures
-
         write_diffusion_pictures(test_set.images[0], schedule, recipe.diffusion.schedule, VAECodec(vae, norm=norm), run.dir)
 
-    result = fit(model, loss_fn, data, cfg, run, kind="ldm", meta=meta, device=device,
-                 seed=cfg.seed, evaluate=evaluate, extra=extra, resume=resume, quiet=quiet, snapshots=snapshots)
+    result = fit(model, loss_fn, (mean, logvar, conditioning.column(train_set)), cfg, run, kind="ldm", meta=meta,
+                 device=device, evaluate=[evaluate, *hooks], extra=extra, snapshots=snapshots, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
     files = [run.checkpoint, run.dir / "loss.png", *grids[-1:], *pictures]
-    return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files, recipe.conditioning)
+    return LDMSummary(run, result.loss, result.step, result.seconds, vae_note, files, conditioning.next_hint(recipe.sample.prompts))

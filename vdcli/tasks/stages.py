@@ -1,6 +1,6 @@
 """What a from-nothing LDM run prepares before its denoiser trains: the VAE (``first_stage``) and,
 for a text model, the CLIP (``text_stage``), then the inputs it reads from them, computed once
-(``cached_latents``: in memory, or for a streamed folder in shards on disk; ``TextCache``). Each
+(``cached_latents``: in memory, or for a streamed folder in shards on disk). Each
 stage is the checkpoint the recipe names, checked from its header before any work (``named_vae``,
 ``named_clip``), or one trained now into ``<run>/vae/`` or ``<run>/clip/`` from the recipe's
 section; a stage already finished there is reused on --resume.
@@ -120,31 +120,6 @@ def clip_recipe(recipe: LDMRecipe):
     from vdcli.recipe import CLIPRecipe
 
     return CLIPRecipe(data=recipe.data, model=recipe.clip.model, train=recipe.clip.train)
-
-
-class TextCache:
-    """The frozen text encoder's (states, pooled, mask) per unique caption, computed once each.
-
-    Captions are drawn anew at every step from a few phrasings per image, so a run meets only a
-    few hundred distinct strings; each is encoded the first time it is seen.
-    """
-
-    def __init__(self, text):
-        self.text = text
-        self.rows: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    @torch.no_grad()
-    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        new = sorted({c for c in captions if c not in self.rows})
-        if new:
-            states, pooled, mask = self.text.encode(new)  # (n, L, D), (n, D), (n, L)
-            pad = self.text.max_length - states.shape[1]  # one length for all, whatever the batch was padded to
-            states = torch.nn.functional.pad(states, (0, 0, 0, pad))
-            mask = torch.nn.functional.pad(mask, (0, pad), value=False)
-            for i, c in enumerate(new):
-                self.rows[c] = (states[i], pooled[i], mask[i])
-        states, pooled, mask = (torch.stack(parts) for parts in zip(*(self.rows[c] for c in captions)))
-        return states, pooled, mask  # (B, L, D), (B, D), (B, L)
 
 
 def cached_latents(vae: AutoencoderKL, train_set, run: Run, device, quiet: bool = False) -> tuple[Column, Column]:

@@ -37,7 +37,7 @@ def load_vae(ckpt: Checkpoint, device: torch.device, prefix: str = "model") -> t
     """The VAE stored under ``prefix`` (an LDM keeps its VAE under "vae") and its scale factor."""
     meta = ckpt.meta if prefix == "model" else ckpt.meta["vae"]
     model = build_vae(meta)
-    model.load_state_dict(ckpt.weights("ema" if prefix == "model" and ckpt.has("ema") else prefix))
+    model.load_state_dict(ckpt.trained() if prefix == "model" else ckpt.weights(prefix))
     return frozen(model, device), meta.get("scale_factor", 1.0)
 
 
@@ -100,7 +100,7 @@ def train_stage(model_cfg, train_cfg, meta, train_set, test_set, run, *, device,
         return {"test_mse": mse, "test_psnr": psnr}
 
     result = fit(model, loss_fn, (train_set.images,), train_cfg, run, kind="vae", meta=meta, device=device,
-                 seed=train_cfg.seed, evaluate=evaluate, resume=resume, quiet=quiet)
+                 evaluate=evaluate, resume=resume, quiet=quiet)
 
     ckpt = load_checkpoint(run.checkpoint, "vae")
     vae, _ = load_vae(ckpt, device)

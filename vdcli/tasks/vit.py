@@ -31,7 +31,7 @@ def build_vit(meta: dict) -> ViT:
 
 def load_vit(ckpt: Checkpoint, device: torch.device) -> ViT:
     model = build_vit(ckpt.meta)
-    model.load_state_dict(ckpt.weights("ema" if ckpt.has("ema") else "model"))
+    model.load_state_dict(ckpt.trained())
     return model.to(device).eval()
 
 
@@ -124,7 +124,7 @@ def train(recipe: ViTRecipe, run: Run, *, device: torch.device, data_root=None, 
         return {"test_accuracy": (predict(model, test_set, device) == test_set.labels).float().mean().item()}
 
     result = fit(model, loss_fn, (train_set.images, train_set.labels), cfg, run, kind="vit", meta=meta,
-                 device=device, seed=cfg.seed, evaluate=evaluate, resume=resume, quiet=quiet)
+                 device=device, evaluate=evaluate, resume=resume, quiet=quiet)
 
     pred = predict(result.model, test_set, device)
     n = len(spec["classes"])
