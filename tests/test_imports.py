@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vdcli"
 
+
 def modules() -> dict[str, Path]:
     """{dotted name: file} of every vdcli module, packages by their ``__init__``."""
     out = {}
