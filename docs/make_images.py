@@ -22,14 +22,14 @@ def vd(*args: str) -> None:
 
 
 def latent_map(ldm_run: str, out: Path) -> None:
-    """The LDM's VAE's latent map, as train-vae writes it (tasks.diffuse.latent_map), on the MNIST test set."""
+    """The LDM's VAE's latent map, as train-vae writes it (tasks.vae.latent_map), on the MNIST test set."""
     import torch
 
     from vdcli.checkpoint import load_checkpoint
     from vdcli.data import load_split
     from vdcli.recipe import DataConfig
     from vdcli.runs import find_checkpoint
-    from vdcli.tasks.diffuse import latent_map as draw
+    from vdcli.tasks.vae import latent_map as draw
     from vdcli.tasks.ldm import load_ldm
 
     ckpt = load_checkpoint(find_checkpoint(ldm_run, "ldm")[0], "ldm")

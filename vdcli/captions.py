@@ -28,22 +28,16 @@ Phrasings are drawn at training time from a ``torch.Generator``: the class as a 
 or "the digit seven", each attribute word present or left out (``a bold seven leaning right``,
 ``7``, ``a thin 7``); Fashion-MNIST uses its class names, their synonyms and dark/light.
 
-Image folders follow the Hugging Face ``imagefolder`` convention: a ``metadata.jsonl`` beside
-the images (or in the train/ and test/ folders) with one JSON object per line,
-``{"file_name": "seven/001.png", "text": "a bold seven"}`` (``text`` may be a list of
-phrasings); files without a text, and folders without the file, are captioned with their class
-name. Other datasets (CIFAR-10, synthetic shapes) use their class names.
+An image folder brings its own captions, the ``text`` of its Hugging Face ``metadata.jsonl``
+(read with its files in ``folders.py``, carried as ``ImageSet.texts``); files without a text,
+and folders without the file, are captioned with their class name, as are the other datasets
+(CIFAR-10, synthetic shapes).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-
-from vdcli.errors import VdError
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # (the attribute, the word for its lowest third, the word for its highest third, the middle's word)
@@ -64,7 +58,6 @@ FASHION = {
     "Bag": ["bag", "handbag"],
     "Ankle boot": ["ankle boot", "boot"],
 }
-METADATA = "metadata.jsonl"
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -261,60 +254,3 @@ def _pick(n: int, generator: torch.Generator) -> int:
 def _article(word: str) -> str:
     vowel = word[0] in "aeiou8" and not word.startswith(("one", "uni", "use"))
     return "an" if vowel or word in ("11", "18") else "a"
-
-
-# --- image folders: the Hugging Face imagefolder metadata.jsonl ---------------------------------
-
-
-def folder_captions(root: str | Path) -> dict[Path, list[str]] | None:
-    """{image path (resolved): its texts} from every ``metadata.jsonl`` under ``root`` (the root's, or
-    the train/ and test/ folders'), or None when there is none: the folder trains on class names."""
-    root = Path(root).expanduser()
-    files = [p for p in (root / METADATA, root / "train" / METADATA, root / "test" / METADATA) if p.is_file()]
-    if not files:
-        return None
-    out: dict[Path, list[str]] = {}
-    for meta in files:
-        for n, line in enumerate(meta.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VdError(f"{meta}:{n}: not a JSON object ({e.msg}); each line is like "
-                              '{"file_name": "seven/001.png", "text": "a bold seven"}') from None
-            if not isinstance(row, dict) or "file_name" not in row or "text" not in row:
-                raise VdError(f"{meta}:{n}: each line needs 'file_name' and 'text', e.g. "
-                              '{"file_name": "seven/001.png", "text": "a bold seven"}')
-            texts = row["text"] if isinstance(row["text"], list) else [row["text"]]
-            if not all(isinstance(t, str) for t in texts):
-                raise VdError(f"{meta}:{n}: 'text' is a string or a list of strings")
-            image = meta.parent / str(row["file_name"])
-            if not image.is_file():
-                raise VdError(f"{meta}:{n}: file_name {row['file_name']!r} is not a file in {meta.parent}; "
-                              "file names are relative to the folder that holds metadata.jsonl")
-            out[image.resolve()] = [t.strip() for t in texts if t.strip()]
-    return out
-
-
-def folder_files(root: str | Path, split: str) -> list[Path]:
-    """The image files of an image-folder split, in the order ``data.load_split`` reads them."""
-    from vdcli.data import folder_groups
-
-    return [f for _, files in folder_groups(Path(root), split) for f in files]
-
-
-def dataset_texts(data_cfg, split: str, n: int) -> list[list[str]] | None:
-    """The folder's own captions for the ``n`` images of ``split`` (empty lists where a file has
-    none), or None: the dataset is not a folder, or the folder has no metadata.jsonl."""
-    if data_cfg.name != "folder":
-        return None
-    captions = folder_captions(data_cfg.path)
-    if captions is None:
-        return None
-    files = folder_files(data_cfg.path, split)
-    if data_cfg.limit and split == "train":
-        files = files[: data_cfg.limit]
-    if len(files) != n:  # the same folder read twice cannot disagree; a changed folder can
-        raise VdError(f"{data_cfg.path}: {len(files)} image files but {n} images were loaded; did the folder change?")
-    return [captions.get(f.resolve(), []) for f in files]

@@ -7,27 +7,30 @@ exception is an image folder with ``data.stream: true``: its images stay on disk
 files decoded when a row is read (``streaming.FolderImages``), and only file names and labels
 are held in memory.
 
-Models see images as floats in [-1, 1] (``to_float``).
+Image files are decoded and fitted in ``imagefiles.py``; an image folder's files, labels and
+captions come from one listing in ``folders.py``. Models see images as floats in [-1, 1]
+(``to_float``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from vdcli.errors import VdError
-from vdcli.recipe import DataConfig
+from vdcli.folders import read_folder
+from vdcli.imagefiles import fit_images, read_image
+from vdcli.recipe import DataConfig, DatasetName
 from vdcli.streaming import FolderImages
 
 TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 LAYOUT = {"mnist": "MNIST/raw/", "fashion-mnist": "FashionMNIST/raw/", "cifar10": "cifar-10-batches-py/"}  # what torchvision looks for
 NATIVE_SIZE = {"mnist": 28, "fashion-mnist": 28, "cifar10": 32, "synthetic": 28}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -35,6 +38,7 @@ class ImageSet:
     images: torch.Tensor | FolderImages  # uint8 (N, C, H, W), in memory or read from disk row by row
     labels: torch.Tensor  # int64 (N,)
     classes: list[str]
+    texts: list[list[str]] | None = None  # an image folder's own captions, per image (folders.FolderSplit.captions)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,7 +48,8 @@ class ImageSet:
         if len(rows) == len(self):  # all of them: no copy
             return self
         images = self.images.subset(rows.tolist()) if isinstance(self.images, FolderImages) else self.images[rows]
-        return ImageSet(images, self.labels[rows], self.classes)
+        texts = None if self.texts is None else [self.texts[i] for i in rows.tolist()]
+        return ImageSet(images, self.labels[rows], self.classes, texts)
 
 
 def data_spec(cfg: DataConfig, data: ImageSet) -> dict:
@@ -80,41 +85,19 @@ def load_split(cfg: DataConfig, split: str, root: str | Path | None = None) -> I
     elif cfg.name == "folder" and cfg.stream:
         return _streamed_folder(cfg, split)
     elif cfg.name == "folder":
-        data = _folder(Path(cfg.path).expanduser(), split, cfg.image_size)
+        data = _folder(cfg, split)
     else:
         data = _torchvision(cfg.name, split, data_root(root))
     images = fit_images(data.images, cfg.image_size, cfg.channels)
     if split == "train" and cfg.limit:
         images, data.labels = images[: cfg.limit], data.labels[: cfg.limit]
-    return ImageSet(images.contiguous(), data.labels, data.classes)
-
-
-def fit_images(images: torch.Tensor, size: int, channels: int | None) -> torch.Tensor:
-    """Bring uint8 images to size x size and the asked channel count.
-
-    Smaller square images are zero-padded (28 -> 32 keeps every MNIST pixel and makes the f4
-    VAE latent exactly 8 x 8); others are resized on the short side and centre-cropped.
-    """
-    c, h, w = images.shape[1:]
-    if channels and channels != c:
-        if channels == 3:
-            images = images.expand(-1, 3, -1, -1)
-        else:  # ITU-R 601 luma
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            images = (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
-    if h == w and h < size:
-        total = size - h
-        return F.pad(images, (total // 2, total - total // 2, total // 2, total - total // 2))
-    if (h, w) != (size, size):
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        out = F.interpolate(images.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        images = out[:, :, top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
-    return images
+        data.texts = None if data.texts is None else data.texts[: cfg.limit]
+    return ImageSet(images.contiguous(), data.labels, data.classes, data.texts)
 
 
 def _torchvision(name: str, split: str, root: Path) -> ImageSet:
+    # Here, not at the top: importing torchvision takes seconds, and only these datasets need it,
+    # not `vd --help`, a folder run or a command given an image file.
     import torchvision
 
     cls = getattr(torchvision.datasets, TORCHVISION[name])
@@ -136,50 +119,13 @@ def _class_name(name: str) -> str:
     return name.split(" - ", 1)[1] if " - " in name else name
 
 
-def folder_groups(path: Path, split: str) -> list[tuple[str, list[Path]]]:
-    """(class name, image files) of an image-folder split, in the order it is read: path/<class>/*.png,
-    or path/train/<class>/ and path/test/<class>/; or a flat folder of images with no sub-folders,
-    one class named after the folder (for ``conditioning: none``, or a ``metadata.jsonl`` beside them).
-
-    Without train/ and test/ sub-folders, every 10th image of each class is the test split.
-    """
-    path = Path(path).expanduser()
-    has_splits = (path / "train").is_dir() and (path / "test").is_dir()
-    base = path / split if has_splits else path
-    groups = [(p.name, sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES))
-              for p in sorted(base.iterdir()) if p.is_dir()]
-    if not groups:  # a flat folder
-        groups = [(base.resolve().name, sorted(f for f in base.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))]
-    if not has_splits:
-        groups = [(name, [f for i, f in enumerate(files) if (i % 10 == 9) == (split == "test")]) for name, files in groups]
-    return groups
-
-
-def _folder_files(path: Path, split: str) -> tuple[list[Path], list[int], list[str]]:
-    """(files, labels, class names) of an image-folder split, its metadata.jsonl checked."""
-    from vdcli.captions import folder_captions
-
-    if not path.is_dir():
-        raise VdError(f"data.path {path} is not a folder; it should hold the images, or one sub-folder of images per class")
-    groups = folder_groups(path, split)
-    files = [f for _, group in groups for f in group]
-    if not files and split == "test" and any(group for _, group in folder_groups(path, "train")):
-        raise VdError(f"{path} has no test images: every 10th image of each class is held out, so a class needs at least "
-                      "10 images; add images, or put them in train/ and test/ sub-folders")
-    if not files:
-        raise VdError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
-    folder_captions(path)  # a broken metadata.jsonl fails now, before any training
-    labels = [label for label, (_, group) in enumerate(groups) for _ in group]
-    return files, labels, [name for name, _ in groups]
-
-
-def _folder(path: Path, split: str, size: int) -> ImageSet:
-    """An image folder (``folder_groups``) as an ImageSet."""
-    files, labels, classes = _folder_files(path, split)
-    images = [read_image(f) for f in files]
+def _folder(cfg: DataConfig, split: str) -> ImageSet:
+    """An image folder (``folders.py``) decoded into memory: RGB if any of its files is in colour."""
+    folder = read_folder(cfg.path, split)
+    images = [read_image(f, cfg.background) for f in folder.files]
     channels = 3 if any(im.shape[0] == 3 for im in images) else 1
-    fitted = torch.cat([fit_images(im[None], size, channels) for im in images])
-    return ImageSet(fitted, torch.tensor(labels), classes)
+    fitted = torch.cat([fit_images(im[None], cfg.image_size, channels) for im in images])
+    return ImageSet(fitted, torch.tensor(folder.labels), folder.classes, folder.captions)
 
 
 def _streamed_folder(cfg: DataConfig, split: str) -> ImageSet:
@@ -188,28 +134,17 @@ def _streamed_folder(cfg: DataConfig, split: str) -> ImageSet:
     Without data.channels a streamed folder is RGB: finding out whether any of a million files is
     in colour would mean opening them all; a grayscale folder then trains on three equal channels.
     """
-    files, labels, classes = _folder_files(Path(cfg.path).expanduser(), split)
+    folder = read_folder(cfg.path, split)
+    files, labels, texts = folder.files, folder.labels, folder.captions
     if split == "train" and cfg.limit:
-        files, labels = files[: cfg.limit], labels[: cfg.limit]
-    return ImageSet(FolderImages(files, cfg.image_size, cfg.channels or 3, cfg.workers), torch.tensor(labels), classes)
+        files, labels, texts = files[: cfg.limit], labels[: cfg.limit], None if texts is None else texts[: cfg.limit]
+    images = FolderImages(files, cfg.image_size, cfg.channels or 3, cfg.workers, cfg.background)
+    return ImageSet(images, torch.tensor(labels), folder.classes, texts)
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """An image file as uint8 [C, H, W]: C = 1 for grayscale files, 3 otherwise."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if im.mode in ("1", "L", "I;16", "I", "LA") else "RGB")
-            data = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-            return data.view(im.height, im.width, -1).permute(2, 0, 1).contiguous()
-    except FileNotFoundError:
-        raise VdError(f"image {path} not found") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise VdError(f"{path} is not an image Pillow can read ({e})") from None
-
-
-_REF = re.compile(r"^(mnist|fashion-mnist|cifar10|synthetic):(train|test):(\d+)$")
+# A dataset reference names an image of a dataset vd downloads or makes (not a folder: it has a path).
+REFERABLE = [name for name in typing.get_args(DatasetName) if name != "folder"]
+_REF = re.compile(rf"^({'|'.join(map(re.escape, REFERABLE))}):(train|test):(\d+)$")
 
 
 def is_reference(ref: str) -> bool:
@@ -217,10 +152,12 @@ def is_reference(ref: str) -> bool:
     return bool(_REF.match(ref)) and not Path(ref).exists()
 
 
-def load_input(ref: str, image_size: int | None, channels: int | None, root: str | Path | None = None) -> tuple[torch.Tensor, str]:
+def load_input(ref: str, image_size: int | None, channels: int | None, root: str | Path | None = None,
+               background: str = "white") -> tuple[torch.Tensor, str]:
     """An image file or a dataset reference such as ``mnist:test:42``, fitted like training data.
 
-    image_size None keeps the image's own size (a dataset's native size). Returns (uint8 [C, H, W], a short description).
+    image_size None keeps the image's own size (a dataset's native size); a file's transparency is
+    composited onto ``background``. Returns (uint8 [C, H, W], a short description).
     """
     match = _REF.match(ref)
     if match:
@@ -230,9 +167,9 @@ def load_input(ref: str, image_size: int | None, channels: int | None, root: str
         if index >= len(data):
             raise VdError(f"{ref}: the {name} {split} split has {len(data)} images (0..{len(data) - 1})")
         return data.images[index], f"{ref} (label {data.classes[data.labels[index]]})"
-    if ref.split(":")[0] in NATIVE_SIZE and not Path(ref).exists():
+    if ref.split(":")[0] in REFERABLE and not Path(ref).exists():
         raise VdError(f"{ref}: a dataset reference looks like mnist:test:42 (dataset:split:index)")
-    image = read_image(ref)
+    image = read_image(ref, background)
     return (fit_images(image[None], image_size, channels)[0] if image_size else image), ref
 
 

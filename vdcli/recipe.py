@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from vdcli.conditioning import ConditioningKind
 from vdcli.config import Section
 from vdcli.controls import Control
 from vdcli.diffusion import DiffusionConfig, Sampler
 from vdcli.errors import VdError
+from vdcli.imagefiles import colour
 from vdcli.models.clip import CLIPConfig
 from vdcli.models.cnn import CNNConfig
 from vdcli.models.dit import DiTConfig
@@ -30,6 +31,7 @@ from vdcli.models.vit import ViTConfig
 from vdcli.recipe_errors import blame, conflicts, explain, key_lines
 from vdcli.recipe_errors import denoiser_conflicts  # noqa: F401 (tasks/stages.py checks a named VAE's latent grid with it)
 
+# The one list of dataset names: data.py builds its references (mnist:test:42) from it.
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "folder", "synthetic"]
 
 
@@ -47,6 +49,14 @@ class DataConfig(Section):
     # disk too. For folders larger than RAM; the in-memory default is faster for small sets.
     stream: bool = False
     workers: int | None = Field(None, ge=0)  # processes decoding a streamed folder; None: min(4, CPU cores); 0: in the main process
+    # What a transparent pixel of an image file is composited onto (imagefiles.py): white, black, #rrggbb.
+    background: str = "white"
+
+    @field_validator("background")
+    @classmethod
+    def _a_colour(cls, value: str) -> str:
+        colour(value)  # a ValueError names the colour and what a colour looks like
+        return value
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:

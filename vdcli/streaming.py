@@ -21,6 +21,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vdcli.imagefiles import fit_images, read_image
+
 Column = torch.Tensor  # or any object with __len__ and column[rows] -> tensor: FolderImages, shards.ShardColumn
 
 
@@ -32,15 +34,16 @@ class FolderImages:
     """Image files as a column of uint8 images [N, C, size, size], decoded when read.
 
     Reading a row is what ``data.load_split`` does to every file of an in-memory folder
-    (``read_image``, then ``fit_images``: resize on the short side and centre-crop), one file at a
-    time, so a streamed folder and the same folder in memory give equal tensors.
+    (``imagefiles.read_image`` onto the recipe's background, then ``fit_images``: resize on the
+    short side and centre-crop), one file at a time, so a streamed folder and the same folder in
+    memory give equal tensors.
     """
 
     streamed = True
 
-    def __init__(self, files: Sequence[str], size: int, channels: int, workers: int | None = None):
+    def __init__(self, files: Sequence[str], size: int, channels: int, workers: int | None = None, background: str = "white"):
         self.files = [str(f) for f in files]  # strings, not Paths: a million Paths cost hundreds of MB
-        self.size, self.channels = size, channels
+        self.size, self.channels, self.background = size, channels, background
         self.workers = default_workers() if workers is None else workers
 
     def __len__(self) -> int:
@@ -51,9 +54,7 @@ class FolderImages:
         return (len(self.files), self.channels, self.size, self.size)
 
     def read(self, i: int) -> torch.Tensor:
-        from vdcli.data import fit_images, read_image  # here, not at the top: data.py imports this module
-
-        return fit_images(read_image(self.files[i])[None], self.size, self.channels)[0]
+        return fit_images(read_image(self.files[i], self.background)[None], self.size, self.channels)[0]
 
     def __getitem__(self, key) -> torch.Tensor:
         """images[i] -> [C, H, W]; images[a:b], images[tensor of rows] -> [B, C, H, W]."""
@@ -66,7 +67,7 @@ class FolderImages:
 
     def subset(self, rows: Sequence[int]) -> FolderImages:
         """These rows only, still on disk."""
-        return FolderImages([self.files[i] for i in rows], self.size, self.channels, self.workers)
+        return FolderImages([self.files[i] for i in rows], self.size, self.channels, self.workers, self.background)
 
 
 def spread(n: int, at_most: int) -> torch.Tensor:

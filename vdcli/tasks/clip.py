@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from vdcli import distributed, images
-from vdcli.captions import Captioner, dataset_texts
+from vdcli.captions import Captioner
 from vdcli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from vdcli.conditioning import draw_captions
 from vdcli.data import ImageSet, data_spec, load_split, to_float
@@ -124,7 +124,7 @@ def captioner_from(ckpt: Checkpoint, prefix: str = "") -> Captioner:
 def caption_source(ckpt: Checkpoint, data_cfg, train_set: ImageSet, data_root=None, prefix: str = "") -> Captioner:
     """Captions of ``train_set`` by index, with the CLIP checkpoint's thresholds."""
     meta, _ = _clip_part(ckpt, prefix)
-    return Captioner(meta["captions"], train_set.images, train_set.labels, dataset_texts(data_cfg, "train", len(train_set)))
+    return Captioner(meta["captions"], train_set.images, train_set.labels, train_set.texts)
 
 
 # --- scores -----------------------------------------------------------------------------------
@@ -252,8 +252,8 @@ def train_stage(recipe: CLIPRecipe, train_set: ImageSet, test_set: ImageSet, run
     t0 = time.perf_counter()
     cfg = recipe.train
     captioner = Captioner.fit(train_set.images, train_set.labels, train_set.classes, recipe.data.name,
-                              dataset_texts(recipe.data, "train", len(train_set)))
-    test_captioner = Captioner(captioner.state, test_set.images, test_set.labels, dataset_texts(recipe.data, "test", len(test_set)))
+                              train_set.texts)
+    test_captioner = Captioner(captioner.state, test_set.images, test_set.labels, test_set.texts)
     tokenizer = Tokenizer.train(captioner.vocabulary(), recipe.model.text.max_length)
     meta = {"model": recipe.model.model_dump(), "data": data_spec(recipe.data, train_set), "vocab_size": tokenizer.vocab_size,
             "tokenizer": tokenizer.to_json(), "captions": captioner.state, "prompts": captioner.prompts(),

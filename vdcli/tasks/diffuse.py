@@ -7,7 +7,6 @@
   different t than its 32×32 pixels do.
 - ``schedule_picture``: ᾱ_t and log SNR(t) of the linear, scaled-linear and cosine schedules, and
   the same image at equal t under each: how long a schedule lets an image's features survive.
-- ``latent_map``: a VAE's test-set latents (posterior means) in 2-D by PCA, coloured by class.
 
 "Codec" below is anything with ``encode(float images in [-1, 1]) -> latents`` and
 ``decode(latents) -> uint8 images``: an ``LDM`` (its standardised latents) or a ``VAECodec``.
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 
 from vdcli import images
-from vdcli.data import ImageSet, to_float, to_uint8
+from vdcli.data import to_float, to_uint8
 from vdcli.diffusion import SCHEDULES, NoiseSchedule, add_noise
 
 
@@ -141,32 +140,3 @@ def write_diffusion_pictures(image: torch.Tensor, schedule: NoiseSchedule, sched
     if gif:
         written.append(forward_gif(image, schedule, codec, out / "forward_process.gif", seed))
     return written
-
-
-@torch.no_grad()
-def latent_map(vae: torch.nn.Module, data: ImageSet, out: Path, limit: int = 5000) -> Path:
-    """latent_map.png: the posterior means of (up to ``limit``) test images, projected to their
-    first two principal components and coloured by class."""
-    from vdcli.tasks.vae import encode_all
-
-    device = next(vae.parameters()).device
-    subset = ImageSet(data.images[:limit], data.labels[:limit], data.classes)
-    mean, _ = encode_all(vae, subset, device)
-    flat = mean.flatten(1).double()
-    flat = flat - flat.mean(0)
-    _, s, v = torch.linalg.svd(flat, full_matrices=False)
-    xy = (flat @ v[:2].T).numpy()  # (N, 2)
-    explained = (s[:2] ** 2).sum() / (s**2).sum()
-    plt = images._pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
-    colours = plt.get_cmap("tab10" if len(data.classes) <= 10 else "tab20")
-    labels = subset.labels.numpy()
-    for c, name in enumerate(data.classes):
-        pick = labels == c
-        if pick.any():
-            ax.scatter(xy[pick, 0], xy[pick, 1], s=3, alpha=0.6, color=colours(c % colours.N), label=name)
-    ax.set(xlabel="principal component 1", ylabel="principal component 2",
-           title=f"VAE latents of {len(subset)} test images (PCA: {explained:.0%} of the variance)")
-    ax.legend(markerscale=4, fontsize=8, loc="best", ncol=2 if len(data.classes) > 5 else 1)
-    fig.tight_layout()
-    return images._save_fig(fig, out)

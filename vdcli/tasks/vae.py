@@ -2,7 +2,10 @@
 
 ``train`` ends by measuring the latent scale factor (1 / std of the latents over the training
 set, Rombach et al. 2022 sec. 4.3.2) and storing it in the checkpoint, so that diffusion can
-work on unit-variance latents: z = scale_factor * sample(q(z|x)).
+work on unit-variance latents: z = scale_factor * sample(q(z|x)). Then it draws the VAE's
+pictures: test images above their reconstructions (``show_reconstructions``), latents of the
+prior decoded (``show_samples``), and the test-set latents (posterior means) in 2-D by PCA,
+coloured by class (``latent_map``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.recipe import VAERecipe
 from vdcli.runs import Run
 from vdcli.streaming import batches_of, spread
-from vdcli.tasks.diffuse import latent_map
 from vdcli.trainer import fit, seeded_init
 
 
@@ -135,6 +137,33 @@ def show_samples(vae: AutoencoderKL, scale: float, device, out: Path, seed: int 
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *vae.latent_shape), generator=g).to(device) / scale
     return images.save(images.grid(to_uint8(vae.decode(z).cpu()), nrow=16), out)
+
+
+@torch.no_grad()
+def latent_map(vae: torch.nn.Module, data: ImageSet, out: Path, limit: int = 5000) -> Path:
+    """latent_map.png: the posterior means of (up to ``limit``) test images, projected to their
+    first two principal components and coloured by class."""
+    device = next(vae.parameters()).device
+    subset = ImageSet(data.images[:limit], data.labels[:limit], data.classes)
+    mean, _ = encode_all(vae, subset, device)
+    flat = mean.flatten(1).double()
+    flat = flat - flat.mean(0)
+    _, s, v = torch.linalg.svd(flat, full_matrices=False)
+    xy = (flat @ v[:2].T).numpy()  # (N, 2)
+    explained = (s[:2] ** 2).sum() / (s**2).sum()
+    plt = images._pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), dpi=120)
+    colours = plt.get_cmap("tab10" if len(data.classes) <= 10 else "tab20")
+    labels = subset.labels.numpy()
+    for c, name in enumerate(data.classes):
+        pick = labels == c
+        if pick.any():
+            ax.scatter(xy[pick, 0], xy[pick, 1], s=3, alpha=0.6, color=colours(c % colours.N), label=name)
+    ax.set(xlabel="principal component 1", ylabel="principal component 2",
+           title=f"VAE latents of {len(subset)} test images (PCA: {explained:.0%} of the variance)")
+    ax.legend(markerscale=4, fontsize=8, loc="best", ncol=2 if len(data.classes) > 5 else 1)
+    fig.tight_layout()
+    return images._save_fig(fig, out)
 
 
 # --- vd interpolate ---------------------------------------------------------------------------
