@@ -53,8 +53,10 @@ class ImageSet:
 
 
 def data_spec(cfg: DataConfig, data: ImageSet) -> dict:
-    """What a checkpoint must know of its data to be used alone: size, channels, class names."""
-    return {"name": cfg.name, "image_size": cfg.image_size, "channels": data.images.shape[1], "classes": data.classes}
+    """What a checkpoint must know of its data to be used alone: size, channels, class names, and
+    the background its transparent images were composited onto (an input file is read the same way)."""
+    return {"name": cfg.name, "image_size": cfg.image_size, "channels": data.images.shape[1], "classes": data.classes,
+            "background": cfg.background}
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

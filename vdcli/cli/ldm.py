@@ -153,7 +153,7 @@ def _sample_from_image(model, ckpt, init, request, name, strengths, n, seed, neg
     from vdcli.tasks import ldm as tasks
 
     spec = ckpt.meta["data"]
-    pixels, what = load_input(init, spec["image_size"], spec["channels"], data_root)
+    pixels, what = load_input(init, spec["image_size"], spec["channels"], data_root, spec.get("background", "white"))
     t0 = time.perf_counter()
     made = tasks.image_to_image(model, pixels, request, strengths, n=n, negative=negative_prompt, seed=seed,
                                 **options)  # (n, strengths, C, H, W)
@@ -223,7 +223,7 @@ def inpaint_cmd(
     model, _, _, ckpt, found = open_ldm(checkpoint, controlnet, control, control_type, control_scale, where, data_root)
     spec = ckpt.meta["data"]
     check_steps(steps, model.schedule.T)
-    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
+    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root, spec.get("background", "white"))
     size = spec["image_size"]
     region = read_mask(mask, size)
     if not region.any():

@@ -71,7 +71,7 @@ def interpolate_cmd(
     if ckpt.kind not in ("vae", "ldm"):
         raise VdError(f"{path} is {KINDS[ckpt.kind]}, but this command needs {KINDS['vae']} or {KINDS['ldm']}")
     spec = ckpt.meta["data"]
-    (xa, what_a), (xb, what_b) = (load_input(x, spec["image_size"], spec["channels"], data_root) for x in (a, b))
+    (xa, what_a), (xb, what_b) = (load_input(x, spec["image_size"], spec["channels"], data_root, spec.get("background", "white")) for x in (a, b))
     if ckpt.kind == "vae":
         model, _ = vae.load_vae(ckpt, where)
         result, how = vae.interpolate(model, xa, xb, frames, mode), f"{mode} in the VAE's latent space"

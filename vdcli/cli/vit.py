@@ -118,7 +118,7 @@ def attn_map_cmd(
     ckpt = load_checkpoint(path, "vit")
     model = load_vit(ckpt, where)
     spec = ckpt.meta["data"]
-    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root)
+    pixels, what = load_input(image, spec["image_size"], spec["channels"], data_root, spec.get("background", "white"))
     maps = attention_maps(model, pixels, layer, fusion, discard)
     if head is not None and not 0 <= head < len(maps.heads):
         raise VdError(f"--head {head}: this ViT has {len(maps.heads)} heads (0..{len(maps.heads) - 1})")
