@@ -87,7 +87,7 @@ def test_a_sample_is_confident_from_a_top_probability_of_nine_tenths():
 
 
 def test_the_judges_figures_of_hand_made_probabilities():
-    probs = probabilities([(0, 0.99), (0, 0.91), (2, 0.6), (5, 0.45)])  # 0.45: no class ≥ 0.5, a texture
+    probs = probabilities([(0, 0.99), (0, 0.90), (2, 0.6), (5, 0.45)])  # 0.90: confident; 0.45: no class ≥ 0.5, a texture
     feats = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     got, pred = figures(probs, feats, feats)
     assert pred.tolist() == [0, 0, 2, 5]
