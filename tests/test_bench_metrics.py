@@ -186,3 +186,27 @@ def test_the_data_root_is_vd_data_root_else_shared_datasets_beside_the_repositor
     assert common.data_root() == tmp_path
     monkeypatch.delenv("VD_DATA_ROOT")
     assert common.data_root() == BENCH.parent.parent / "shared" / "datasets"
+
+
+# --- the peers' bookkeeping (bench/peers.py; diffusers and timm are imported only by its cases) ---
+
+
+def test_the_peer_ratio_is_the_median_of_the_pairs_with_its_quartiles_and_extremes():
+    from peers import spread
+
+    assert spread([1.0, 1.2, 1.3, 1.4, 2.0]) == {"ratio": 1.3, "ratio_q1": 1.2, "ratio_q3": 1.4, "ratio_min": 1.0, "ratio_max": 2.0}
+
+
+def test_the_days_best_matmul_peak_is_read_from_todays_peers_rows_only(tmp_path):
+    import time
+
+    from peers import best_peak_today
+
+    path, today = tmp_path / "results.jsonl", time.strftime("%Y-%m-%d")
+    rows = [{"bench": "peers", "date": f"{today} 09:00", "matmul_peak_gflops": 300.0},
+            {"bench": "peers", "date": f"{today} 10:00", "matmul_peak_gflops": 160.0},
+            {"bench": "peers", "date": "2000-01-01 10:00", "matmul_peak_gflops": 900.0},  # another day
+            {"bench": "ldm_quality", "date": f"{today} 11:00", "matmul_peak_gflops": 800.0}]  # another bench
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert best_peak_today(path) == 300.0
+    assert best_peak_today(tmp_path / "none.jsonl") == 0.0
