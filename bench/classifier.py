@@ -8,6 +8,7 @@ bench/runs/classifier.safetensors, where ``common.load_judge()`` finds it (and c
 first when it is missing). Its test accuracy is recorded in bench/results.jsonl.
 """
 
+import argparse
 import time
 
 import torch
@@ -54,5 +55,9 @@ def train(epochs: int = 2, seed: int = 0) -> Judge:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
     torch.set_num_threads(2)
-    train()
+    train(args.epochs, args.seed)
