@@ -13,19 +13,17 @@ map has one within its 3x3 neighbourhood), Pearson correlation for depth. Report
 - class agreement (bench/classifier.py's judge) with the asked class: the base model's, and the
   controlled model's when the class is the map's own and when it is another ("conflict");
 - fidelity at control scales 0, 0.25, 0.5, 0.75, 1 (own class): it should rise with the scale.
-Appends a JSON line to bench/results.jsonl and writes bench/controlnet_grid.png (per row: a map,
+Appends a JSON line to bench/results.jsonl and writes bench/runs/controlnet_grid.png (per row: a map,
 then samples of every digit).
 """
 
 import argparse
 import json
-import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from classifier import judge, load_judge
+from common import RUNS, data_root, judge, load_judge, record
 
 from vdcli import images
 from vdcli.checkpoint import load_checkpoint
@@ -35,8 +33,6 @@ from vdcli.recipe import DataConfig
 from vdcli.runs import find_checkpoint
 from vdcli.tasks.controlnet import load_controlled
 from vdcli.tasks.ldm import generate
-
-HERE = Path(os.path.relpath(Path(__file__).parent))
 
 
 def fidelity(kind: str, made: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
@@ -66,7 +62,7 @@ def main() -> None:
     ldm, kind = model.ldm, model.control
     d = ldm.defaults
     options = {"sampler": d.sampler, "steps": d.steps, "eta": d.eta, "guidance": d.guidance}
-    test = load_split(DataConfig(name="mnist", image_size=model.image_size), "test", os.environ.get("VD_DATA_ROOT"))
+    test = load_split(DataConfig(name="mnist", image_size=model.image_size), "test", data_root())
     judge_net = load_judge()
 
     g = torch.Generator().manual_seed(0)
@@ -106,7 +102,6 @@ def main() -> None:
     row["fidelity_by_scale"] = by_scale
     row["agreement_by_scale"] = agree_by_scale
     row["seconds"] = round(time.perf_counter() - t0, 1)
-    row["date"] = time.strftime("%Y-%m-%d %H:%M")
 
     shown = 4  # a picture: per row a map, then the controlled model's sample of every digit
     digits = torch.arange(10)
@@ -119,10 +114,8 @@ def main() -> None:
     labelled = images.with_row_labels(picture, names, picture.height // shown)
     labelled = images.with_column_labels(labelled, ["the map"] + [f"asked: {d}" for d in range(10)], picture.width // 11,
                                          left=labelled.width - picture.width)
-    images.save(labelled, HERE / "controlnet_grid.png")
-    print(json.dumps(row, indent=2))
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    images.save(labelled, RUNS / "controlnet_grid.png")
+    print(json.dumps(record(row), indent=2))
 
 
 if __name__ == "__main__":

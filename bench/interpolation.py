@@ -11,17 +11,15 @@ to the other in ``frames`` frames along three paths, as ``vd interpolate`` draws
 For the middle frames (α strictly between 1/4 and 3/4) it reports the fraction the judge
 classifies with probability ≥ 0.9 ("confident": it looks like one digit, not two overlaid),
 and the fraction judged as a or b. Appends a JSON line to bench/results.jsonl and writes
-bench/interpolation_paths.png (the first pairs, three rows each).
+bench/runs/interpolation_paths.png (the first pairs, three rows each).
 """
 
 import argparse
 import json
-import os
 import time
-from pathlib import Path
 
 import torch
-from classifier import judge, load_judge
+from common import CONFIDENT, RUNS, data_root, judge, load_judge, record
 
 from vdcli import images
 from vdcli.checkpoint import load_checkpoint
@@ -31,7 +29,6 @@ from vdcli.runs import find_checkpoint
 from vdcli.tasks import ldm as ldm_tasks
 from vdcli.tasks import vae as vae_tasks
 
-HERE = Path(os.path.relpath(Path(__file__).parent))
 PATHS = ("pixel blend", "VAE latent path", "LDM inversion path")
 
 
@@ -47,7 +44,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     ckpt = load_checkpoint(find_checkpoint(args.ldm, "ldm")[0], "ldm")
     ldm = ldm_tasks.load_ldm(ckpt, cpu)
-    test = load_split(DataConfig(name="mnist", image_size=ckpt.meta["data"]["image_size"]), "test", os.environ.get("VD_DATA_ROOT"))
+    test = load_split(DataConfig(name="mnist", image_size=ckpt.meta["data"]["image_size"]), "test", data_root())
     model = load_judge()
 
     g = torch.Generator().manual_seed(0)
@@ -76,18 +73,15 @@ def main() -> None:
         probs, _ = judge(model, frames.flatten(0, 1))
         top, pred = probs.max(1)
         ends = torch.tensor([[int(test.labels[i]), int(test.labels[j])] for i, j in pairs]).repeat_interleave(len(middle), 0)
-        row[name] = {"confident": round((top >= 0.9).float().mean().item(), 4),
+        row[name] = {"confident": round((top >= CONFIDENT).float().mean().item(), 4),
                      "a_or_b": round(((pred == ends[:, 0]) | (pred == ends[:, 1])).float().mean().item(), 4),
-                     "confident_a_or_b": round(((top >= 0.9) & ((pred == ends[:, 0]) | (pred == ends[:, 1]))).float().mean().item(), 4)}
+                     "confident_a_or_b": round(((top >= CONFIDENT) & ((pred == ends[:, 0]) | (pred == ends[:, 1]))).float().mean().item(), 4)}
     shown = min(4, args.pairs)
     rows = torch.cat([walks[name][k] for k in range(shown) for name in PATHS])
     picture = images.grid(rows, nrow=args.frames)
     names = [name for _ in range(shown) for name in PATHS]
-    images.save(images.with_row_labels(picture, names, picture.height // len(names)), HERE / "interpolation_paths.png")
-    row["date"] = time.strftime("%Y-%m-%d %H:%M")
-    print(json.dumps(row, indent=2))
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    images.save(images.with_row_labels(picture, names, picture.height // len(names)), RUNS / "interpolation_paths.png")
+    print(json.dumps(record(row), indent=2))
 
 
 if __name__ == "__main__":

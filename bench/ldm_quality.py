@@ -17,20 +17,18 @@ uncond: 10 × per_class images) from a fixed seed, in batches of 500, and report
   MNIST test digits (an FID with the judge as feature network; it depends on the count, so
   compare rows of equal count);
 - ms per image on this machine, sampling only (the judge's time excluded).
-Each setting appends one JSON line to bench/results.jsonl and writes bench/samples_<setting>.png
+Each setting appends one JSON line to bench/results.jsonl and writes bench/runs/samples_<setting>.png
 (the first ten images of each digit, one row per digit; for uncond, ten images from each batch of
 per_class, rows named by the samples' numbers: an unconditional row is not a digit).
 """
 
 import argparse
 import json
-import os
 import re
 import time
-from pathlib import Path
 
 import torch
-from classifier import judge, load_judge
+from common import CONFIDENT, RUNS, data_root, judge, load_judge, record
 
 from vdcli.checkpoint import load_checkpoint
 from vdcli.data import load_split
@@ -38,15 +36,19 @@ from vdcli.recipe import DataConfig
 from vdcli.runs import find_checkpoint
 from vdcli.tasks.ldm import generate, load_ldm, save_class_grid
 
-HERE = Path(os.path.relpath(Path(__file__).parent))  # relative, so that the recorded command reads as typed
-
 
 def sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of a symmetric positive semi-definite matrix (negative eigenvalues: rounding, set to 0)."""
     values, vectors = torch.linalg.eigh(m)
     return vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^½ Σ_b Σ_a^½)^½) of the Gaussians fitted to features [N, D] and [M, D].
+
+    The Fréchet (2-Wasserstein) distance between two Gaussians (Dowson & Landau 1982), as FID uses
+    it (Heusel et al. 2017); the symmetric form of the cross term, equal to tr((Σ_a Σ_b)^½).
+    """
     a, b = a.double(), b.double()
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = torch.cov(a.T), torch.cov(b.T)
@@ -57,10 +59,14 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def scores(model, samples: torch.Tensor, test_feats: torch.Tensor) -> tuple[dict, torch.Tensor]:
     """The judge's figures of uint8 samples (confident, texture, histogram, FD; see above) and its classes."""
-    probs, feats = judge(model, samples)
+    return figures(*judge(model, samples), test_feats)
+
+
+def figures(probs: torch.Tensor, feats: torch.Tensor, test_feats: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """``scores`` from the judge's class probabilities [N, 10] and features [N, D] of the samples."""
     top, pred = probs.max(1)
     return {
-        "confident": round((top >= 0.9).float().mean().item(), 4),
+        "confident": round((top >= CONFIDENT).float().mean().item(), 4),
         "texture": round((top < 0.5).float().mean().item(), 4),
         "histogram": [round(100 * v, 1) for v in (torch.bincount(pred, minlength=10).float() / len(pred)).tolist()],
         "frechet_distance": round(frechet_distance(feats, test_feats), 3),
@@ -98,7 +104,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     ldm = load_ldm(load_checkpoint(find_checkpoint(args.ldm, "ldm")[0], "ldm"), cpu)
     model = load_judge()
-    test = load_split(DataConfig(name="mnist", image_size=28), "test", os.environ.get("VD_DATA_ROOT"))
+    test = load_split(DataConfig(name="mnist", image_size=28), "test", data_root())
     _, test_feats = judge(model, test.images)
     classes = list(range(len(ldm.classes)))
 
@@ -125,15 +131,12 @@ def main() -> None:
             **figures,
             "ms_per_image": round(ms, 1),
             "ldm": str(args.ldm),
-            "date": time.strftime("%Y-%m-%d %H:%M"),
         }
         shown = torch.cat([samples[c * args.per_class : c * args.per_class + 10] for c in classes])
         rows = [f"{c * args.per_class + 1}-{c * args.per_class + 10}" for c in classes] if uncond else ldm.classes
         suffix = f"_{args.tag}" if args.tag else ""
-        save_class_grid(shown, rows, 10, HERE / f"samples_{name}{suffix}.png")
-        print(json.dumps(row), flush=True)
-        with open(HERE / "results.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        save_class_grid(shown, rows, 10, RUNS / f"samples_{name}{suffix}.png")
+        print(json.dumps(record(row)), flush=True)
 
 
 if __name__ == "__main__":

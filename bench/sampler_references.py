@@ -5,7 +5,8 @@
 Runs diffusers' DDIM, DDPM and DPM-Solver++(2M) schedulers, configured as vd's conventions
 state, in float64 with the test's synthetic model as the network, from the test's starting noise
 (and, for the stochastic samplers, a generator with the case's seed: diffusers and vd draw their
-noise in the same order), and writes x after every step to tests/data/sampler_references.safetensors.
+noise in the same order), and writes x after every step to tests/data/sampler_references.safetensors
+(its metadata: diffusers' version and ``common.provenance``; a row in bench/results.jsonl too).
 Run once; the test itself never imports diffusers.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import diffusers
 import torch
+from common import provenance, record
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from safetensors.torch import save_file
 
@@ -67,10 +69,11 @@ def trajectory(sampler, steps, eta, prediction, schedule, seed) -> torch.Tensor:
 
 def main() -> None:
     tensors = {name: trajectory(*rest).contiguous() for name, *rest in CASES}
-    made_by = {"diffusers": diffusers.__version__, "torch": torch.__version__, "cases": [c[0] for c in CASES],
+    made_by = {"diffusers": diffusers.__version__, **provenance(), "cases": [c[0] for c in CASES],
                "command": "python bench/sampler_references.py"}
     REFERENCES.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(REFERENCES), metadata={"made_by": json.dumps(made_by)})
+    record({"bench": "sampler_references", "wrote": str(REFERENCES.relative_to(ROOT)), "diffusers": diffusers.__version__})
     print(f"wrote {REFERENCES.relative_to(ROOT)}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items()))
 
 

@@ -15,24 +15,20 @@ training captions. Reported: the median per word and digit, and the fraction of 
 for which the median under the first word exceeds the median under the second (target: 10/10
 for each pair).
 
-Appends one JSON line to bench/results.jsonl and writes bench/text_prompts.png (a row per
+Appends one JSON line to bench/results.jsonl and writes bench/runs/text_prompts.png (a row per
 prompt of the first samples).
 """
 
 import argparse
-import json
-import os
 import time
-from pathlib import Path
 
 import torch
-from classifier import judge, load_judge
+from common import RUNS, judge, load_judge, record
 
 from vdcli.checkpoint import load_checkpoint
 from vdcli.runs import find_checkpoint
 from vdcli.tasks.ldm import generate, load_ldm, save_class_grid
 
-HERE = Path(os.path.relpath(Path(__file__).parent))
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PHRASINGS = {"word": "{word}", "numeral": "{digit}", "the digit": "the digit {word}"}
 # (word that should give more, word that should give less, the measurement that tells)
@@ -63,7 +59,7 @@ def main() -> None:
 
     captioner = captioner_from(ckpt, prefix="clip")
     model = load_judge()
-    record = {"bench": "text_ldm", "ldm": str(path), "per_digit": args.per_digit, "per_attribute": args.per_attribute,
+    row = {"bench": "text_ldm", "ldm": str(path), "per_digit": args.per_digit, "per_attribute": args.per_attribute,
               "sampler": "ddim-50", "eta": ldm.defaults.eta, "guidance": ldm.defaults.guidance}
     shown, names = [], []
 
@@ -83,7 +79,7 @@ def main() -> None:
             if name == "the digit":
                 shown.append(samples[d * args.per_digit : d * args.per_digit + 10])
                 names.append(prompts[d * args.per_digit])
-    record["fidelity"] = fidelity
+    row["fidelity"] = fidelity
 
     control = {}
     for more, less, key in PAIRS:
@@ -100,13 +96,12 @@ def main() -> None:
         control[f"{more} > {less}"] = {"measure": key, "medians": medians, "digits_where_order_holds": sum(holds)}
         print(f"{key}: median '{more}' {sum(medians[more]) / 10:.3f} vs '{less}' {sum(medians[less]) / 10:.3f} "
               f"(mean over digits); order holds for {sum(holds)}/10 digits", flush=True)
-    record["attribute_control"] = control
-    record["seconds"] = round(time.perf_counter() - t0, 1)
+    row["attribute_control"] = control
+    row["seconds"] = round(time.perf_counter() - t0, 1)
 
-    save_class_grid(torch.cat(shown), names, 10, HERE / "text_prompts.png")
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(f"wrote {HERE / 'text_prompts.png'} and a line in {HERE / 'results.jsonl'} ({record['seconds']:.0f} s)")
+    save_class_grid(torch.cat(shown), names, 10, RUNS / "text_prompts.png")
+    record(row)
+    print(f"wrote {RUNS / 'text_prompts.png'} and a line in bench/results.jsonl ({row['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Captions are measured on the pixels, and the tokenizer turns them into ids and back."""
 
+import pytest
 import torch
 
 from vdcli.captions import measure
@@ -31,10 +32,15 @@ def test_size_grows_with_the_stroke():
     assert large > small * 2
 
 
-def test_measurements_are_deterministic():
-    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
-    a, b = measure(images), measure(images.clone())
-    assert all(torch.equal(a[k], b[k]) for k in a)
+def test_an_images_measurements_depend_neither_on_its_batch_nor_on_where_the_stroke_sits():
+    images = torch.cat([stroke(2), stroke(6, 0.3), stroke(3, -0.2, length=10)])
+    batch = measure(images)
+    moved = measure(torch.roll(images, (3, -4), dims=(2, 3)))  # every stroke 3 rows down, 4 columns left
+    for i in range(len(images)):
+        alone = measure(images[i : i + 1])
+        for k in batch:
+            assert batch[k][i].item() == pytest.approx(alone[k].item(), abs=1e-5), k
+            assert moved[k][i].item() == pytest.approx(alone[k].item(), abs=1e-4), k
 
 
 def test_tokenizer_round_trip_ends_every_prompt_and_pads_batches():

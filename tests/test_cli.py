@@ -98,7 +98,8 @@ def test_recipe_typo_exits_2_naming_key_file_and_suggestion(tmp_path):
 
 
 def test_train_vit_then_attn_map(tmp_path):
-    out = ok("train-vit", recipe(tmp_path), *TINY_VIT, "--device", "cpu", "--seed", 1)
+    steps = ["--set", "train.steps=60", "--set", "train.eval_every=60"]  # TINY_VIT's 30 steps still guess one class
+    out = ok("train-vit", recipe(tmp_path), *TINY_VIT, *steps, "--device", "cpu", "--seed", 1)
     assert "test accuracy" in out
     run = Path("runs/tiny/latest")
     for name in ("checkpoint.safetensors", "checkpoint.state.safetensors", "recipe.yaml", "metrics.jsonl",
@@ -106,7 +107,8 @@ def test_train_vit_then_attn_map(tmp_path):
         assert (run / name).is_file(), name
     assert "seed: 1" in (run / "recipe.yaml").read_text()
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "eval" in line]
-    assert evals[-1]["step"] == 30 and 0.0 <= evals[-1]["eval"]["test_accuracy"] <= 1.0
+    # six shapes: chance is 1/6, and 0.25 is five standard errors above it on the 500 test images
+    assert evals[-1]["step"] == 60 and evals[-1]["eval"]["test_accuracy"] > 0.25
 
     out = ok("attn-map", "synthetic:test:5", "--out", tmp_path / "a")
     assert "latest vit run" in out and "predicted" in out
@@ -241,7 +243,8 @@ def test_sample_refuses_a_vit_checkpoint(tmp_path):
 
 
 def test_train_clip_reports_zero_shot_accuracy_and_writes_its_pictures(tmp_path):
-    out = ok("train-clip", recipe(tmp_path, "c", "clip"), *TINY_CLIP, "--out", tmp_path / "runs", "--device", "cpu")
+    steps = ["--set", "train.steps=40", "--set", "train.eval_every=40"]  # TINY_CLIP's 20 steps are still at chance
+    out = ok("train-clip", recipe(tmp_path, "c", "clip"), *TINY_CLIP, *steps, "--out", tmp_path / "runs", "--device", "cpu")
     assert "zero-shot test accuracy" in out and "recall@5" in out
     run = tmp_path / "runs" / "c" / "latest"
     for name in ("checkpoint.safetensors", "retrieval.png", "clip_map.png", "loss.png"):
@@ -249,7 +252,7 @@ def test_train_clip_reports_zero_shot_accuracy_and_writes_its_pictures(tmp_path)
     from vdcli.checkpoint import load_checkpoint
 
     meta = load_checkpoint(run / "checkpoint.safetensors", "clip").meta
-    assert 0.0 <= meta["metrics"]["zero_shot_acc"] <= 1.0
+    assert meta["metrics"]["zero_shot_acc"] > 0.25  # six shapes: chance is 1/6 (see test_train_vit_then_attn_map)
 
 
 # --- the ViT part of the lecture: position embeddings, the CNN baseline, attention between words ---

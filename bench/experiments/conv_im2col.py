@@ -1,6 +1,6 @@
 """Could a 3x3 convolution written as a matmul beat oneDNN's at the U-Net's shapes? (issue 9)
 
-    python bench/conv_im2col.py
+    python bench/experiments/conv_im2col.py
 
 Forward + backward of one padded 3x3 convolution, batch 128, three ways: ``F.conv2d`` (oneDNN),
 im2col with ``F.unfold`` and one matmul, and im2col from nine shifted NHWC slices and one matmul.

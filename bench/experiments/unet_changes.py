@@ -1,6 +1,6 @@
 """What each U-Net change of issue 9 bought, measured interleaved in one process.
 
-    python bench/unet_changes.py --rounds 7
+    python bench/experiments/unet_changes.py --rounds 7
 
 The recipe's U-Net (recipes/mnist_latent.yaml) at the batch of DDIM sampling with guidance
 (2 x 128 latents of 4x8x8), forward only, and a training step (forward and backward at 128).
@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))  # bench/: peers
 import peers  # noqa: E402
 from vdcli.device import channels_last  # noqa: E402
 from vdcli.models import unet  # noqa: E402

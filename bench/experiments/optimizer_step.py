@@ -1,6 +1,6 @@
 """The optimiser's share of a training step: torch's default AdamW and clipping against vd's trainer's.
 
-    python bench/optimizer_step.py [--reps 50]
+    python bench/experiments/optimizer_step.py [--reps 50]
 
 On the recipe's U-Net (recipes/mnist_latent.yaml, 185 parameter tensors) with random gradients:
 the AdamW step and the gradient clipping as torch runs them by default (on the CPU, a Python loop
@@ -20,7 +20,7 @@ from vdcli.models.unet import UNet, UNetConfig
 from vdcli.recipe import load_recipe
 from vdcli.trainer import adamw, clip_gradients
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Where do deterministic-sampler failures come from? Measurements on one trained LDM run.
 
-    VD_DATA_ROOT=../shared/datasets python bench/ldm_diagnose.py --run bench/runs/mnist_latent/latest
+    VD_DATA_ROOT=../shared/datasets python bench/experiments/ldm_diagnose.py --run bench/runs/mnist_latent/latest
 
 Prints (and appends to bench/results.jsonl):
 1. latents: the cached training posteriors under one global scale factor (what the LDM used
@@ -17,21 +17,19 @@ Prints (and appends to bench/results.jsonl):
 
 import argparse
 import json
-import os
-import time
+import sys
 from pathlib import Path
 
-import torch
-from classifier import judge, load_judge
-from safetensors.torch import load_file
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/: common, classifier, ldm_quality, peers
+import torch  # noqa: E402
+from common import judge, load_judge, record  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
-from vdcli.checkpoint import load_checkpoint
-from vdcli.diffusion import predict_eps, sample
-from vdcli.models.vae import LatentNorm
-from vdcli.runs import find_checkpoint
-from vdcli.tasks.ldm import load_ldm
-
-HERE = Path(os.path.relpath(Path(__file__).parent))
+from vdcli.checkpoint import load_checkpoint  # noqa: E402
+from vdcli.diffusion import predict_eps, sample  # noqa: E402
+from vdcli.models.vae import LatentNorm  # noqa: E402
+from vdcli.runs import find_checkpoint  # noqa: E402
+from vdcli.tasks.ldm import load_ldm  # noqa: E402
 
 
 def stats(z: torch.Tensor) -> dict:
@@ -64,7 +62,7 @@ def main() -> None:
     x = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=g)  # posterior samples, VAE units
     scale = 1.0 / x.std().item()
     norms = {"global": LatentNorm.global_scale(tuple(mean.shape[1:]), scale), "per_element": LatentNorm.fit(mean, logvar)}
-    report = {"bench": "ldm_diagnose", "run": str(run), "date": time.strftime("%Y-%m-%d %H:%M")}
+    report = {"bench": "ldm_diagnose", "run": str(run)}
 
     # 1. latent statistics
     for name, norm in norms.items():
@@ -125,9 +123,7 @@ def main() -> None:
             "x0_norm_digits": round(xn[~texture].median().item(), 2),
         }
     report["trajectory"] = rows
-    print(json.dumps(report, indent=1))
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(report) + "\n")
+    print(json.dumps(record(report), indent=1))
 
 
 if __name__ == "__main__":
