@@ -75,7 +75,8 @@ def main() -> None:
         out = []
         for i in range(0, len(labels), args.batch):
             steered = model.steered(hints[i : i + args.batch], scale)
-            out.append(generate(steered, labels[i : i + args.batch], generator=torch.Generator().manual_seed(1 + i), **options)[0])
+            asked = [ldm.conditioning.of_class(int(c)) for c in labels[i : i + args.batch]]  # a class, or its name as the prompt
+            out.append(generate(steered, asked, generator=torch.Generator().manual_seed(1 + i), **options)[0])
         return torch.cat(out)
 
     t0 = time.perf_counter()

@@ -112,7 +112,7 @@ def main() -> None:
         s = parse_setting(name, ldm)
         labels = torch.tensor(classes).repeat_interleave(args.per_class)
         asked = labels.clone()
-        if s["uncond"] or ldm.conditioning == "none":
+        if s["uncond"] or ldm.conditioning.is_null([0]):  # a model without classes: every sample is unconditional
             labels = torch.full_like(labels, ldm.null_class)
         g = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def main() -> None:
                                       guidance=s["guidance"], generator=g)[0] for i in range(0, len(labels), 500)])
         ms = (time.perf_counter() - t0) / len(samples) * 1000
         figures, pred = scores(model, samples, test_feats)
-        uncond = s["uncond"] or ldm.conditioning == "none"
+        uncond = s["uncond"] or ldm.conditioning.is_null([0])
         row = {
             "bench": "ldm_quality",
             "tag": args.tag,

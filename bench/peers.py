@@ -51,8 +51,9 @@ import torch.nn.functional as F
 from common import RESULTS, ROOT, record
 from torch.utils.flop_counter import FlopCounterMode
 
+from vdcli.conditioning import Cond, guided
 from vdcli.device import compiled, prepare
-from vdcli.diffusion import NoiseSchedule, diffusion_loss, guided, sample
+from vdcli.diffusion import NoiseSchedule, diffusion_loss, sample
 from vdcli.models.unet import UNet, UNetConfig
 from vdcli.models.vae import AutoencoderKL, VAEConfig, vae_loss
 from vdcli.models.vit import ViT
@@ -188,7 +189,7 @@ def unet_train_case(mode: str, optimiser: str):
     z, y = torch.randn(BATCH, 4, 8, 8, generator=g), torch.randint(0, 11, (BATCH,), generator=g)
 
     def vd_loss(net):
-        return diffusion_loss(lambda x, t: net(x, t, y), z, schedule)
+        return diffusion_loss(lambda x, t: net(x, t, Cond(labels=y)), z, schedule)
 
     def peer_loss(net):
         t = torch.randint(0, 1000, (BATCH,))
@@ -212,9 +213,10 @@ def unet_sample_case(mode: str, optimiser: str):
     g = torch.Generator().manual_seed(0)
     noise, y = torch.randn(BATCH, 4, 8, 8, generator=g), torch.arange(BATCH) % 10
     w, n_steps = 3.0, 50
+    cond, null = Cond(labels=y), Cond(labels=torch.full_like(y, 10))
 
     def vd_sample():
-        return sample(guided(vd_net, y, w, 10), noise, schedule, "ddim", n_steps)
+        return sample(guided(vd_net, cond, w, reference=null), noise, schedule, "ddim", n_steps)
 
     @torch.no_grad()
     def peer_steps():  # the loop of diffusers' pipelines, with guidance batched as vd's; yields after each step
@@ -237,7 +239,7 @@ def unet_sample_case(mode: str, optimiser: str):
         rather than at the whole run (about 30 s) lets both see the same load.
         """
         peer_run, spent, mark = peer_steps(), {"vd": 0.0, "peer": 0.0}, [time.perf_counter()]
-        model_fn = guided(vd_net, y, w, 10)
+        model_fn = guided(vd_net, cond, w, reference=null)
 
         def interleaved(x, t):  # vd's model_fn: first one step of the peer, then vd's own network call
             now = time.perf_counter()

@@ -20,7 +20,8 @@ from ldm_quality import scores  # noqa: E402
 
 from vdcli.checkpoint import load_checkpoint  # noqa: E402
 from vdcli.data import load_split  # noqa: E402
-from vdcli.diffusion import autoguided, sample  # noqa: E402
+from vdcli.conditioning import guided  # noqa: E402
+from vdcli.diffusion import sample  # noqa: E402
 from vdcli.recipe import DataConfig  # noqa: E402
 from vdcli.runs import find_checkpoint  # noqa: E402
 from vdcli.tasks import ldm as L  # noqa: E402
@@ -36,12 +37,12 @@ def main() -> None:
     test = load_split(DataConfig(name="mnist", image_size=28), "test", data_root())
     _, test_feats = judge(model, test.images)
     n = 500
-    cond = ldm.null_condition(n)
-    net, guide = ldm.plain(ldm.denoiser, cond), ldm.plain(ldm.guide, cond)
+    cond = ldm.conditioning.encode([ldm.conditioning.null()] * n, cpu)
+    net = guided(ldm.denoiser, cond, 1.0)
     for v in variants:  # w:lo:hi:sampler:steps:eta
         w, lo, hi, sampler, steps, eta = v.split(":")
         w, lo, hi, steps, eta = float(w), int(lo), int(hi), int(steps), float(eta)
-        ag = autoguided(net, guide, w)
+        ag = guided(ldm.denoiser, cond, w, guide=ldm.guide)
         def fn(x, t, ag=ag, lo=lo, hi=hi):
             tt = int(t.flatten()[0])
             return ag(x, t) if lo <= tt <= hi else net(x, t)
