@@ -249,8 +249,8 @@ def test_the_samplers_keep_the_dtype_and_device_of_x():
 
 
 def test_an_unknown_sampler_is_named_in_the_error():
-    with pytest.raises(ValueError, match="'euler'.*ddim, ddpm, dpmpp-2m"):
-        sample(lambda x, t: x, torch.randn(2, 1), NoiseSchedule(), "euler")
+    with pytest.raises(ValueError, match="'lms'.*ddim, ddpm, dpmpp-2m, euler, euler-a, heun, dpmpp-2m-sde"):
+        sample(lambda x, t: x, torch.randn(2, 1), NoiseSchedule(), "lms")
 
 
 # --- the loop's hooks: callback and start -------------------------------------------------------
