@@ -44,7 +44,7 @@ Conventions, in one place:
 - Timesteps of an S-step run (``sampler_timesteps``) by ``spacing``, by default as diffusers
   places them: DDIM and DDPM "leading", t_i = i·(T // S) for i = S−1 … 0; DPM-Solver++(2M)
   "linspace", round(linspace(0, T − 1, S + 1)) reversed without its last entry; the σ-space
-  samplers "karras" (EDM eq. 5, ρ = 7). "trailing" is Lin et al. 2024's (table 2).
+  samplers "trailing" (Lin et al. 2024, table 2). "karras" is EDM eq. 5 (ρ = 7), by name.
 - One loop, ``sample``, serves every command. It can start at any timestep: SDEdit
   (Meng et al. 2022) noises an input to t_start with ``add_noise`` and denoises from there.
   After every step it calls ``callback(i, t_next, x, x0_pred)`` with the timestep x is now at
@@ -67,7 +67,7 @@ from vdcli.samplers import SPACINGS, spaced_timesteps, timesteps  # noqa: F401  
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 SAMPLERS = ("ddim", "ddpm", "dpmpp-2m", "euler", "euler-a", "heun", "dpmpp-2m-sde")
-DEFAULT_SPACING = {"ddim": "leading", "ddpm": "leading", "dpmpp-2m": "linspace"}  # the σ-space samplers: "karras"
+DEFAULT_SPACING = {"ddim": "leading", "ddpm": "leading", "dpmpp-2m": "linspace"}  # the σ-space samplers: "trailing"
 
 
 class DiffusionConfig(Section):
@@ -341,7 +341,7 @@ def sampler_timesteps(sampler: str, steps: int, T: int | NoiseSchedule, spacing:
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
     sigmas = T.sigma(torch.arange(T.T)) if isinstance(T, NoiseSchedule) else None
-    return spaced_timesteps(spacing or DEFAULT_SPACING.get(sampler, "karras"), steps, T if sigmas is None else T.T, sigmas)
+    return spaced_timesteps(spacing or DEFAULT_SPACING.get(sampler, "trailing"), steps, T if sigmas is None else T.T, sigmas)
 
 
 def strength_start(sampler: str, steps: int, T: int | NoiseSchedule, strength: float, spacing: str | None = None):

@@ -48,7 +48,10 @@ levels, and only near σ_min, where the grid is coarse (linear schedule: σ_0 = 
   with the linear schedule) has fewer than S.
 - Trailing spacing (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
   Flawed", table 2): t_i = round(T − i·T/S) − 1 for i = 0 … S − 1, evenly spaced like "leading"
-  but starting at T − 1, the level of the pure noise x_T that a run starts from.
+  but starting at T − 1, the level of the pure noise x_T that a run starts from. It is these
+  samplers' default: "Euler", "Euler a" and "DPM++ 2M SDE" are uniform in t in k-diffusion and
+  AUTOMATIC1111, and the Karras σ's a second name ("DPM++ 2M SDE Karras"); and it needs only T,
+  where Karras spacing needs the schedule.
 """
 
 from __future__ import annotations
