@@ -11,6 +11,10 @@ k-diffusion's ``DiscreteEpsDDPMDenoiser``):
     σ_t = √((1 − ᾱ_t) / ᾱ_t),    x̃ = x_t / √ᾱ_t = √(σ_t² + 1) x_t,    D(x̃; σ_t) = x̂_0(x_t, t),
 
 so the network is asked, as always, at (x_t, t), and its x̂_0 (``diffusion.predict_x0``) is D.
+A run starts from x_T itself, x̃ = √(σ_max² + 1) n, as vd's other samplers do (k-diffusion, and
+diffusers' Euler with trailing spacing, start from σ_max n: smaller by a factor 1 − 1 / (2σ_max²)).
+The ancestral samplers' z is drawn i.i.d. from the loop's generator, one draw per step that does
+not end at σ = 0 (k-diffusion's 2M SDE defaults to a Brownian tree), so a seed fixes the samples.
 ``step`` converts x_t to x̃, takes one of the steps below, and converts the result back to
 x_{t'}: the loop, its ``start_t`` and its callback see x_t only. σ' is the next level of the run
 (0: the data). This module is the steps' arithmetic on tensors and numbers and imports nothing
@@ -22,13 +26,15 @@ the network is asked only at the integer t it was trained on (its t-embedding be
 never fitted, and vd's model_fn takes a LongTensor), and between steps x is exactly a
 forward-process x_t, so SDEdit's ``start_t`` (the level σ_{start_t}) and RePaint's callback
 (which noises the known region to t_next with ``add_noise``) need no σ. This moves only Karras
-levels, and only near σ_min, where the grid is coarse (linear schedule: σ_0 = 0.010, σ_1 = 0.014).
+levels, and only near σ_min, where the grid is coarse (linear schedule: σ_0 = 0.010, σ_1 = 0.015).
 
 - The probability-flow ODE (EDM eq. 1 with σ(t) = t): dx̃/dσ = (x̃ − D(x̃; σ)) / σ =: d(x̃, σ).
-- Euler (EDM Algorithm 1 with its line 7 never taken): x̃' = x̃ + (σ' − σ) d(x̃, σ). On the
-  training grid this is DDIM with η = 0 exactly (Song et al. 2021; EDM sec. 3).
-- Heun (EDM Algorithm 1, their 2nd-order method): the Euler step x̃₂ = x̃ + (σ' − σ) d(x̃, σ),
-  then, unless σ' = 0 (line 7: the step to the data stays Euler, since d is undefined at 0),
+  EDM's Algorithm 1 with σ(t) = t and s(t) = 1 (their Algorithm 2 without churn, which is
+  k-diffusion's ``sample_euler`` and ``sample_heun`` at their defaults) is the two below.
+- Euler (Algorithm 1 without its correction): x̃' = x̃ + (σ' − σ) d(x̃, σ). On the training grid
+  this is DDIM with η = 0 exactly (Song et al. 2021; EDM sec. 3).
+- Heun (Algorithm 1, their 2nd-order method): the Euler step x̃₂ = x̃ + (σ' − σ) d(x̃, σ),
+  then, unless σ' = 0 (their "if t_{i+1} ≠ 0": the step to the data stays Euler),
       x̃' = x̃ + (σ' − σ) · ½ (d(x̃, σ) + d(x̃₂, σ')),
   which asks the network a second time, at σ'. An S-step run costs 2S − 1 evaluations.
 - Euler ancestral (k-diffusion ``sample_euler_ancestral`` and ``get_ancestral_step``, η = 1):
@@ -120,24 +126,24 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7
 
 
 def derivative(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
-    """d(x̃, σ) = (x̃ − D(x̃; σ)) / σ, the probability-flow ODE's dx̃/dσ (EDM eq. 1 and Algorithm 1, line 4)."""
+    """d(x̃, σ) = (x̃ − D(x̃; σ)) / σ, the probability-flow ODE's dx̃/dσ (EDM eq. 1 and Algorithm 1)."""
     return (x - denoised) / sigma
 
 
 def euler_step(x: torch.Tensor, sigma: float, sigma_next: float, denoised: torch.Tensor) -> torch.Tensor:
-    """x̃' = x̃ + (σ' − σ) d(x̃, σ) (EDM Algorithm 1, line 5)."""
+    """x̃' = x̃ + (σ' − σ) d(x̃, σ): the Euler step of EDM's Algorithm 1."""
     return x + (sigma_next - sigma) * derivative(x, sigma, denoised)
 
 
 def heun_step(x: torch.Tensor, sigma: float, sigma_next: float, denoised: torch.Tensor,
               denoise: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """EDM Algorithm 1, lines 4-8: Euler, then (unless σ' = 0) the trapezoidal correction with d at σ'.
+    """EDM's Algorithm 1: Euler, then (unless σ' = 0) the trapezoidal correction with d at σ'.
 
     ``denoise(x̃₂)`` is D(x̃₂; σ'), the second network evaluation of the step.
     """
     d = derivative(x, sigma, denoised)
     x_euler = x + (sigma_next - sigma) * d
-    if sigma_next == 0:  # line 7: d(x̃, 0) is undefined; the last step stays Euler
+    if sigma_next == 0:  # "if t_{i+1} ≠ 0": d(x̃, 0) is undefined, so the last step stays Euler
         return x_euler
     d_next = derivative(x_euler, sigma_next, denoise(x_euler))
     return x + (sigma_next - sigma) * 0.5 * (d + d_next)
