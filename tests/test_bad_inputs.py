@@ -246,7 +246,7 @@ SAMPLE = [
     (["sample", "--checkpoint", "{vae}"], "{vae} is a VAE"),
     (["sample", "--checkpoint", "truncated.safetensors"], "truncated.safetensors"),
     (["sample", "--checkpoint", "model.pt"], "model.pt"),
-    (["sample", "--checkpoint", "{ldm}", "--sampler", "euler"], "--sampler euler"),
+    (["sample", "--checkpoint", "{ldm}", "--sampler", "lms"], "--sampler lms"),
     (["sample", "--checkpoint", "{ldm}", "--sampler", "dpm"], "did you mean dpmpp-2m?"),
     (["sample", "--checkpoint", "{ldm}", "--steps", "5000"], "--steps 5000"),
     (["sample", "--checkpoint", "{ldm}", "--sampler", "ddpm", "--eta", "0.5"], "--eta 0.5"),

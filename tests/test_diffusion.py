@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from vdcli.diffusion import (
-    DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, make_betas, predict_eps,
-    predict_x0, sample, sampler_timesteps, slerp, snr_weight, target, timesteps,
+    SAMPLERS, DiffusionConfig, NoiseSchedule, add_noise, ddim_invert, diffusion_loss, make_betas, predict_eps,
+    predict_x0, sample, sampler_timesteps, slerp, snr_weight, strength_start, target, timesteps,
 )
+from vdcli.samplers import SIGMA_SAMPLERS, karras_sigmas
 
 MU, SIGMA = 1.5, 0.5
 
@@ -243,14 +244,14 @@ def test_ddim_inversion_then_sampling_returns_the_input_for_a_linear_model(predi
 
 def test_the_samplers_keep_the_dtype_and_device_of_x():
     schedule = NoiseSchedule()
-    for sampler in ("ddim", "ddpm", "dpmpp-2m"):
+    for sampler in SAMPLERS:
         x = sample(exact_eps(schedule), torch.randn(4, 2, dtype=torch.float64), schedule, sampler, 10, 1.0)
         assert x.dtype == torch.float64 and x.device.type == "cpu"
 
 
 def test_an_unknown_sampler_is_named_in_the_error():
-    with pytest.raises(ValueError, match="'euler'.*ddim, ddpm, dpmpp-2m"):
-        sample(lambda x, t: x, torch.randn(2, 1), NoiseSchedule(), "euler")
+    with pytest.raises(ValueError, match="'lms'.*ddim, ddpm, dpmpp-2m, euler, euler-a, heun, dpmpp-2m-sde"):
+        sample(lambda x, t: x, torch.randn(2, 1), NoiseSchedule(), "lms")
 
 
 # --- the loop's hooks: callback and start -------------------------------------------------------
@@ -352,6 +353,159 @@ def test_sdedit_from_data_noised_to_start_t_returns_to_the_data_distribution(sta
     # result is exactly as correlated with x_0 as the noised input was: it edited x_t, not fresh noise.
     corr = lambda a: torch.corrcoef(torch.cat([a, x0], 1).T)[0, 1].item()  # noqa: E731
     assert corr(x) == pytest.approx(corr(x_t), abs=1e-4) and corr(x) > 0.4
+
+
+# --- spacing, and the σ-space samplers (vdcli/samplers.py) --------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 10, 20, 50, 333, 1000])
+def test_the_default_spacing_is_the_samplers_timesteps_of_before(steps):
+    T = 1000
+    leading = [i * (T // steps) for i in range(steps - 1, -1, -1)]
+    linspace = torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().long().flip(0)[:-1].tolist()
+    for schedule in (T, NoiseSchedule()):  # the int T and the schedule give the same runs
+        assert sampler_timesteps("ddim", steps, schedule) == sampler_timesteps("ddpm", steps, schedule) == leading
+        assert sampler_timesteps("dpmpp-2m", steps, schedule) == linspace
+        assert sampler_timesteps("ddim", steps, schedule, "leading") == leading
+        assert sampler_timesteps("ddim", steps, schedule, "linspace") == linspace
+
+
+@pytest.mark.parametrize("steps", [3, 7, 10, 25, 1000])
+def test_trailing_spacing_is_lin_et_al_table_2(steps):
+    expected = (torch.arange(1000, 0, -1000 / steps, dtype=torch.float64).round() - 1).long().tolist()
+    assert sampler_timesteps("euler", steps, 1000, "trailing") == expected
+    assert sampler_timesteps("ddim", 10, 1000, "trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    for sampler in SIGMA_SAMPLERS:  # their own spacing
+        assert sampler_timesteps(sampler, steps, 1000) == expected
+
+
+def test_karras_spacing_puts_edm_eq5_levels_on_their_nearest_timesteps():
+    schedule = NoiseSchedule()
+    sigmas = schedule.sigma(torch.arange(1000))
+    ts = sampler_timesteps("euler", 10, schedule, "karras")
+    assert ts == sampler_timesteps("ddim", 10, schedule, "karras") and ts[0] == 999 and ts[-1] == 0
+    levels = karras_sigmas(10, sigmas[0].item(), sigmas[-1].item())
+    for t, level in zip(ts, levels):
+        assert (sigmas.log() - level.log()).abs().argmin().item() == t
+    # σ_i^(1/ρ) is linear in i (EDM eq. 5, ρ = 7)
+    assert torch.allclose(levels.pow(1 / 7).diff(), levels.pow(1 / 7).diff()[0].expand(9), atol=1e-12)
+    many = sampler_timesteps("heun", 200, schedule, "karras")  # near σ_min the grid is coarser than 200 levels
+    assert len(many) < 200 and many == sorted(set(many), reverse=True)
+    with pytest.raises(ValueError, match="karras"):
+        sampler_timesteps("euler", 10, 1000, "karras")
+    with pytest.raises(ValueError, match="'cosine'.*leading, linspace, trailing, karras"):
+        sampler_timesteps("euler", 10, schedule, "cosine")
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "karras"])
+def test_euler_on_the_training_grid_is_ddim_with_eta_zero(spacing):
+    schedule = NoiseSchedule()
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    euler, ddim = (sample(mixture_eps(schedule), noise, schedule, s, 20, spacing=spacing) for s in ("euler", "ddim"))
+    assert torch.allclose(euler, ddim, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("sampler", ["euler-a", "dpmpp-2m-sde"])
+def test_an_ancestral_step_of_eta_one_is_the_ddpm_posterior_step(sampler):
+    # Euler ancestral always, DPM-Solver++(2M) SDE at first order: one step from 600 is all there is after start_t.
+    schedule = NoiseSchedule()
+    noise = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for steps, start_t in ((20, None), (1, 600)):
+        if sampler == "dpmpp-2m-sde" and start_t is None:
+            continue
+        runs = [sample(mixture_eps(schedule), noise, schedule, s, steps, 1.0, torch.Generator().manual_seed(3),
+                       start_t=start_t, spacing="leading") for s in (sampler, "ddpm")]
+        assert torch.allclose(*runs, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("spacing", ["trailing", "karras"])
+@pytest.mark.parametrize("sampler,order", [("euler", 1), ("heun", 2)])
+def test_euler_and_heun_converge_to_the_exact_ode_solution(sampler, order, spacing, prediction):
+    # For Gaussian data the probability-flow ODE is linear: x̃(σ) − μ grows as √(σ_d² + σ²), so
+    # x_T (x̃ = √(σ_max² + 1) x_T) goes to x_0 = μ + σ_d (x̃ − μ) / √(σ_d² + σ_max²).
+    schedule = NoiseSchedule(prediction=prediction)
+    noise = torch.randn(256, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma_max = schedule.sigma(999).item()
+    truth = MU + SIGMA * (math.sqrt(sigma_max**2 + 1) * noise - MU) / math.sqrt(SIGMA**2 + sigma_max**2)
+    errors = [(sample(exact(schedule), noise, schedule, sampler, s, spacing=spacing) - truth).abs().max().item()
+              for s in (10, 20, 40, 80)]
+    assert errors == sorted(errors, reverse=True) and errors[-1] < (0.1 if order == 1 else 0.01), errors
+    if spacing == "karras":  # EDM's setting: halving the step divides the error by about 2^order
+        for coarse, fine in zip(errors, errors[1:]):  # (trailing's last jump, from t = T/S − 1 to σ = 0, is cruder)
+            assert fine < coarse / (1.8 if order == 1 else 3.5), errors
+
+
+@pytest.mark.parametrize("sampler", ["euler-a", "dpmpp-2m-sde"])
+def test_the_stochastic_samplers_reproduce_gaussian_data_as_steps_grow(sampler):
+    schedule = NoiseSchedule()
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    runs = {s: sample(exact(schedule), noise, schedule, sampler, s, generator=torch.Generator().manual_seed(1))
+            for s in (10, 160)}
+    std_error = {s: abs(x.std().item() - SIGMA) for s, x in runs.items()}
+    assert std_error[160] < 0.025 and std_error[160] < std_error[10] / 2, std_error
+    assert all(abs(x.mean().item() - MU) < 0.01 for x in runs.values())
+
+
+@pytest.mark.parametrize("sampler", ["euler-a", "dpmpp-2m-sde"])
+def test_the_stochastic_samplers_are_fixed_by_the_generator_seed(sampler):
+    schedule = NoiseSchedule()
+    noise = torch.randn(16, 2)
+    a, b, c = (sample(exact_eps(schedule), noise, schedule, sampler, 10, generator=torch.Generator().manual_seed(seed))
+               for seed in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_heun_asks_the_network_twice_per_step_but_once_for_the_last():
+    schedule, calls = NoiseSchedule(), []
+    model = exact_eps(schedule)
+    sample(lambda x, t: calls.append(t[0].item()) or model(x, t), torch.randn(4, 1), schedule, "heun", 10)
+    ts = sampler_timesteps("heun", 10, schedule)
+    assert calls == [ts[0]] + [t for t in ts[1:] for _ in range(2)]  # 2S − 1: each later level twice
+
+
+@pytest.mark.parametrize("sampler", SIGMA_SAMPLERS)
+def test_the_callback_sees_x_t_of_the_forward_process_and_can_replace_it(sampler):
+    # On Gaussian data x_t ~ N(√ᾱ_t μ, ᾱ_t σ² + 1 − ᾱ_t): the callback sees that, not x̃ = x_t / √ᾱ_t.
+    schedule, seen = NoiseSchedule(), {}
+    g = torch.Generator().manual_seed(0)
+
+    def watch(i, t_next, x, x0_pred):
+        seen[t_next] = (x[:, 1].mean().item(), x[:, 1].std().item())
+        x = x.clone()
+        x[:, 0] = 0.0
+        return x
+
+    out = sample(exact_eps(schedule), torch.randn(8000, 2, generator=g), schedule, sampler, 20, generator=g, callback=watch)
+    assert list(seen) == sampler_timesteps(sampler, 20, schedule)[1:] + [-1]
+    for t in (799, 299):  # levels of a 20-step (trailing) run, high and middling noise
+        t = min(seen, key=lambda s: abs(s - t))
+        a = schedule.alphas_cumprod[t].item()
+        assert seen[t][0] == pytest.approx(math.sqrt(a) * MU, abs=0.05)
+        assert seen[t][1] == pytest.approx(math.sqrt(a * SIGMA**2 + 1 - a), rel=0.1)
+    assert torch.all(out[:, 0] == 0) and torch.all(out[:, 1] != 0)
+
+
+@pytest.mark.parametrize("sampler", SIGMA_SAMPLERS)
+def test_image_to_image_starts_at_the_noise_level_of_start_t_and_returns_to_the_data(sampler):
+    schedule = NoiseSchedule()
+    assert strength_start(sampler, 50, schedule, 0.3) == sampler_timesteps(sampler, 50, schedule)[35]  # its own spacing
+    for start in (199, 150):  # on and off the 50-step (trailing) run
+        g = torch.Generator().manual_seed(0)
+        x0 = gaussian_data(4000, g).double()
+        x_t = add_noise(schedule, x0, torch.randn(x0.shape, generator=g, dtype=torch.float64), start)
+        seen = []
+        x = sample(exact_eps(schedule), x_t, schedule, sampler, 50, generator=g, start_t=start,
+                   callback=lambda i, t, x, x0_pred: seen.append(t))
+        assert seen == [t for t in sampler_timesteps(sampler, 50, schedule) if t < start] + [-1]
+        assert x.mean().item() == pytest.approx(MU, abs=0.03) and x.std().item() == pytest.approx(SIGMA, abs=0.06)
+        # It edited x_t rather than drawing anew. The ODE samplers are an increasing linear map on Gaussian
+        # data, so they keep x_t's correlation with x_0 exactly; the ancestral ones add fresh noise on the way.
+        corr = lambda a: torch.corrcoef(torch.cat([a, x0], 1).T)[0, 1].item()  # noqa: E731
+        if sampler in ("euler", "heun"):
+            assert corr(x) == pytest.approx(corr(x_t), abs=1e-3)
+        else:
+            assert corr(x) > 0.3 * corr(x_t) > 0.1
 
 
 # --- slerp -------------------------------------------------------------------------

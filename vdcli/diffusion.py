@@ -37,14 +37,18 @@ Conventions, in one place:
       D_i = (1 + 1 / (2 r_i)) x̂_0(t_{i−1}) − 1 / (2 r_i) x̂_0(t_{i−2})      (their eq. 10 and alg. 2),
   and D_i = x̂_0(t_{i−1}) (first order, which is DDIM with η = 0) at the first step of a run,
   where there is no earlier x̂_0, and at the last, which goes to σ = 0 and so returns x̂_0.
-- Timesteps of an S-step run (``sampler_timesteps``), as diffusers' schedulers place them:
-  DDIM and DDPM "leading", t_i = i·(T // S) for i = S−1 … 0; DPM-Solver++ "linspace",
-  round(linspace(0, T − 1, S + 1)) reversed without its last entry (so it starts at T − 1).
+- Euler, Heun (Karras et al. 2022, "EDM", Algorithm 1), Euler ancestral and DPM-Solver++(2M)
+  SDE (k-diffusion's) step in σ-space, σ_t = √((1 − ᾱ_t) / ᾱ_t), x̃ = x_t / √ᾱ_t, D = x̂_0:
+  vdcli/samplers.py has their equations, the spacings', and why every σ is a timestep's.
+- Timesteps of an S-step run (``sampler_timesteps``) by ``spacing``, by default as diffusers
+  places them: DDIM and DDPM "leading", t_i = i·(T // S) for i = S−1 … 0; DPM-Solver++(2M)
+  "linspace", round(linspace(0, T − 1, S + 1)) reversed without its last entry; the σ-space
+  samplers "trailing" (Lin et al. 2024, table 2). "karras" is EDM eq. 5 (ρ = 7), by name.
 - One loop, ``sample``, serves every command. It can start at any timestep: SDEdit
   (Meng et al. 2022) noises an input to t_start with ``add_noise`` and denoises from there.
   After every step it calls ``callback(i, t_next, x, x0_pred)`` with the timestep x is now at
   (−1 after the last step); a callback that returns a tensor replaces x, which is how RePaint
-  (Lugmayr et al. 2022) puts back the known region.
+  (Lugmayr et al. 2022) puts back the known region. x is x_t there for every sampler.
 """
 
 from __future__ import annotations
@@ -55,17 +59,20 @@ from typing import Callable, Literal, get_args
 import torch
 from pydantic import Field
 
+from vdcli import samplers as sigma_space
 from vdcli.config import Section
+from vdcli.samplers import SPACINGS, spaced_timesteps, timesteps  # noqa: F401  (SPACINGS, timesteps: vd's API here)
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 # Each set of choices is spelled once, in its Literal; the tuples, the recipe (recipe.py) and the CLI's checks derive from it.
-Sampler = Literal["ddim", "ddpm", "dpmpp-2m"]
+Sampler = Literal["ddim", "ddpm", "dpmpp-2m", "euler", "euler-a", "heun", "dpmpp-2m-sde"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 Schedule = Literal["linear", "scaled_linear", "cosine"]  # make_betas
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 Prediction = Literal["eps", "v"]  # what the network outputs (ε or v)
 PREDICTIONS: tuple[str, ...] = get_args(Prediction)
+DEFAULT_SPACING = {"ddim": "leading", "ddpm": "leading", "dpmpp-2m": "linspace"}  # the σ-space samplers: "trailing"
 
 
 class DiffusionConfig(Section):
@@ -125,6 +132,11 @@ class NoiseSchedule:
     def lam(self, t: torch.Tensor | int) -> torch.Tensor:
         """λ_t = log(α_t / σ_t) = ½ log SNR(t), DPM-Solver's time variable, float64 (B,) on the CPU."""
         return 0.5 * self.snr(t).log()
+
+    def sigma(self, t: torch.Tensor | int) -> torch.Tensor:
+        """σ_t = √((1 − ᾱ_t) / ᾱ_t) = SNR(t)^(−1/2), the σ-space samplers' level (0 at t = −1), float64 (B,)."""
+        a = self.alpha_bar(t)
+        return ((1 - a) / a).sqrt()
 
 
 def _working_dtype(x: torch.Tensor) -> torch.dtype:
@@ -325,26 +337,19 @@ def dpmpp_2m_step(
 # --- the sampling loop -------------------------------------------------------------------------
 
 
-def timesteps(steps: int, T: int) -> list[int]:
-    """The S = ``steps`` timesteps of a DDIM or DDPM run, descending: t_i = i·(T // S) for i = S−1 … 0."""
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be between 1 and T = {T}, got {steps}")
-    return [i * (T // steps) for i in range(steps - 1, -1, -1)]
+def sampler_timesteps(sampler: str, steps: int, T: int | NoiseSchedule, spacing: str | None = None) -> list[int]:
+    """The timesteps a ``sampler`` run of S = ``steps`` steps visits, descending (see the module docstring).
 
-
-def sampler_timesteps(sampler: str, steps: int, T: int) -> list[int]:
-    """The timesteps a ``sampler`` run of S = ``steps`` steps visits, descending (see the module docstring)."""
+    ``spacing`` None is the sampler's own. T is the number of training timesteps, or the schedule,
+    which Karras spacing needs: it places noise levels, not timesteps.
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-    if sampler != "dpmpp-2m":
-        return timesteps(steps, T)
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be between 1 and T = {T}, got {steps}")
-    grid = torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().long()
-    return grid.flip(0)[:-1].tolist()
+    sigmas = T.sigma(torch.arange(T.T)) if isinstance(T, NoiseSchedule) else None
+    return spaced_timesteps(spacing or DEFAULT_SPACING.get(sampler, "trailing"), steps, T if sigmas is None else T.T, sigmas)
 
 
-def strength_start(sampler: str, steps: int, T: int, strength: float) -> int | None:
+def strength_start(sampler: str, steps: int, T: int | NoiseSchedule, strength: float, spacing: str | None = None):
     """Where image-to-image (SDEdit, Meng et al. 2022, sec. 3) starts for a ``strength`` in [0, 1].
 
     The run keeps the last k = round(strength · S) timesteps of the S-step run, as diffusers'
@@ -355,7 +360,7 @@ def strength_start(sampler: str, steps: int, T: int, strength: float) -> int | N
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
-    ts = sampler_timesteps(sampler, steps, T)
+    ts = sampler_timesteps(sampler, steps, T, spacing)
     k = round(strength * len(ts))
     if k == len(ts):
         return None
@@ -377,6 +382,7 @@ def sample(
     generator: torch.Generator | None = None,
     start_t: int | None = None,
     callback: Callback | None = None,
+    spacing: str | None = None,
 ) -> torch.Tensor:
     """Denoise x to a sample of the data: the one sampling loop.
 
@@ -384,27 +390,34 @@ def sample(
     an input already noised to that level (SDEdit): the run is then start_t followed by the
     timesteps of the S-step run below it. DDPM with steps = T is Ho et al.'s sampler; with
     fewer steps it strides like DDIM (and equals DDIM with η = 1). Only DDIM uses ``eta``;
-    DPM-Solver++(2M) is deterministic, and restarts at first order after ``start_t``.
+    Euler, Heun and DPM-Solver++(2M) are deterministic; Euler ancestral and DPM-Solver++(2M) SDE
+    (η = 1) draw their noise from ``generator``. Both DPM-Solvers restart at first order after
+    ``start_t``. ``spacing`` places the steps (``sampler_timesteps``; None: the sampler's own).
 
     After step i (i counts from 0 in this run) ``callback(i, t_next, x, x0_pred)`` sees the new
     x, now at timestep t_next (−1, clean, after the last step), and the x̂_0 it came from;
     returning a tensor replaces x, returning None keeps it.
     """
-    ts = sampler_timesteps(sampler, steps, schedule.T)
+    ts = sampler_timesteps(sampler, steps, schedule, spacing)
     if start_t is not None:
         if not 0 <= start_t < schedule.T:
             raise ValueError(f"start_t must be between 0 and T − 1 = {schedule.T - 1}, got {start_t}")
         ts = [start_t] + [t for t in ts if t < start_t]
-    previous = None  # DPM-Solver++'s memory: (t, x̂_0) of the step before
+    previous = None  # the multistep solvers' memory of the step before: (t, x̂_0), or (σ_t, D) in σ-space
     for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
         output = model_fn(x, _batch_t(t, x))
         if sampler == "ddim":
             x, x0_pred = ddim_step(schedule, x, t, t_prev, output, eta, generator)
         elif sampler == "ddpm":
             x, x0_pred = ddpm_step(schedule, x, t, t_prev, output, generator)
-        else:
+        elif sampler == "dpmpp-2m":
             x, x0_pred = dpmpp_2m_step(schedule, x, t, t_prev, output, previous)
             previous = (t, x0_pred)
+        else:  # σ-space (vdcli/samplers.py); Heun asks the network again, at t_prev
+            x0_pred, a_t, a_prev = predict_x0(schedule, x, t, output), schedule.alpha_bar(t), schedule.alpha_bar(t_prev)
+            noise = _randn(x.shape, generator, x) if sampler in sigma_space.STOCHASTIC and t_prev >= 0 else None
+            at_t_prev = lambda x_next: predict_x0(schedule, x_next, t_prev, model_fn(x_next, _batch_t(t_prev, x)))  # noqa: E731
+            x, previous = sigma_space.step(sampler, x, a_t.item(), a_prev.item(), x0_pred, previous, noise, at_t_prev)
         if callback is not None:
             replaced = callback(i, t_prev, x, x0_pred)
             if replaced is not None:

@@ -111,6 +111,7 @@ class SampleConfig(Section):
 
     sampler: Sampler = "ddim"
     steps: int = Field(50, gt=0)
+    spacing: Literal["leading", "linspace", "trailing", "karras"] | None = None  # None: the sampler's own (diffusion.sampler_timesteps)
     eta: float = Field(0.0, ge=0)  # DDIM only
     guidance: float = Field(3.0, ge=0)  # classifier-free guidance of a class or prompt; 1 = off
     autoguidance: float = Field(1.0, ge=0)  # w of unconditional samples against train.guide_at's weights; 1 = off
