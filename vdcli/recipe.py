@@ -234,7 +234,7 @@ def validate_recipe(
     """
     found = raw.get("kind", kind)
     if found != kind:
-        hint = f"; train it with {COMMANDS[found]}" if found in COMMANDS else ""
+        hint = f"; train it with {COMMANDS[found]}" if isinstance(found, str) and found in COMMANDS else ""  # kind: [vit] is no key
         raise VdError(f"{source}: this is a '{found}' recipe, not a '{kind}' recipe{hint}")
     raw = dict(raw)
     set_lines = {}
