@@ -112,8 +112,8 @@ def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes
             run = run or new_run(out, recipe.stem)
             lock = RunLock(run)
             note = lock.acquire()
-            if note and notes is not None:
-                notes.append(note)
+            if note:  # on stderr even with --quiet: someone's run died there
+                typer.echo(note, err=True)
         except VdError as e:
             refused = e
     if distributed.world_size() > 1:  # one run folder, made and locked by rank 0
