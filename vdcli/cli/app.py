@@ -66,19 +66,36 @@ def command(name: str):
             except VdError as e:
                 if _debug["on"]:
                     raise
+                from rich.markup import escape
+
+                from vdcli import distributed
                 from vdcli.progress import console
                 from vdcli.trainer import TrainingInterrupted
 
                 err = console.__class__(stderr=True, highlight=False)
                 if isinstance(e, TrainingInterrupted):
-                    err.print(f"[yellow]{e}[/]; continue with: vd {' '.join(sys.argv[1:])} --resume", soft_wrap=True)
+                    if distributed.is_main():  # under torchrun every rank stopped at this step: one line
+                        err.print(f"[yellow]{escape(str(e))}[/]; continue with: {escape(_again())}", soft_wrap=True, markup=True)
                     raise typer.Exit(130)
-                err.print(f"[red]error:[/] {e}", soft_wrap=True, markup=True)
+                if not distributed.is_main() and not isinstance(e, TrainingFailed):
+                    raise typer.Exit(e.exit_code)  # the same user error on every rank: rank 0 says it
+                where = "" if distributed.is_main() else f"rank {distributed.rank()}: "
+                err.print(f"[red]error:[/] {escape(where + str(e))}", soft_wrap=True, markup=True)  # a path may hold [...]
                 raise typer.Exit(e.exit_code)  # 2: the input was wrong; 1: a training command failed (TrainingFailed)
 
         return app.command(name)(run)
 
     return wrap
+
+
+def _again() -> str:
+    """The command line that resumes this one (under torchrun, through torchrun)."""
+    from vdcli import distributed
+
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    launcher = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', distributed.world_size())} -m vdcli" \
+        if distributed.launched() else "vd"
+    return " ".join([launcher, *args, "--resume"])
 
 
 def say(*lines: str) -> None:
