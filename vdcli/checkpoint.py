@@ -11,6 +11,8 @@ Every write goes to a temporary file, is fsynced and renamed over the old file, 
 Ctrl-C never leaves a half-written checkpoint. Weights and optimizer state are two files, so
 ``save_resumable`` keeps the previous state (``<name>.state-prev.safetensors``) until the new
 weights are in place: a process killed at any instant leaves weights and a state of the same step.
+A write that fails (a full disk, no permission) removes its temporary file, puts the previous state
+back, and is one ``VdError`` naming the file and its size.
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def _failed(error: BaseException, run) -> NoReturn:
         run.discard()  # refused or failed before it saved anything (data not found, unusable VAE, a crash ...)
     if isinstance(error, VdError) or not isinstance(error, Exception):  # and Ctrl-C, SystemExit: as they are
         raise error
-    failure = write_failure(error)
+    failure = write_failure(error, getattr(error, "filename", None) or (f"into {run.dir}" if run is not None else None))
     if failure is not None:
         raise failure from error
     if _debug["on"]:
