@@ -86,6 +86,7 @@ def make_inputs(folder: Path, trained: dict) -> None:
     for kind, other in (("vit", "vae"), ("vae", "ldm"), ("ldm", "vit"), ("clip", "vit"), ("controlnet", "vit")):
         for name, text in recipes.items():
             (folder / f"{kind}_{name}").write_text(text.format(kind=kind, other=other))
+        (folder / f"{kind}_binary.yaml").write_bytes(b"\xff\xfe\x00 not text\n")  # a file picked by mistake
     (folder / "recipe_folder.yaml").mkdir()
     for name, lines in (("meta_missing", ['{"file_name": "0.png", "text": "a square"}', '{"file_name": "gone.png", "text": "a disk"}']),
                         ("meta_broken", ['{"file_name": "0.png", "text": "a square"']),
@@ -167,6 +168,7 @@ def train_cases(kind: str) -> list:
         ([cmd, f"{kind}_tab.yaml"], f"{kind}_tab.yaml:3: not valid YAML"),
         ([cmd, f"{kind}_kindlist.yaml"], f"{kind}_kindlist.yaml: this is a"),
         ([cmd, f"{kind}_datafile.yaml"], "data.path taken is not a folder"),
+        ([cmd, f"{kind}_binary.yaml"], f"{kind}_binary.yaml: not a text file"),
         ([cmd, ok, "--out", "/proc/vd-runs"], "cannot make the run folder /proc/vd-runs"),
     ]
 
@@ -392,6 +394,14 @@ def test_dit_switch_keeps_keys_given_with_set_so_a_wrong_one_is_still_an_error(t
     recipe = Path(__file__).parent.parent / "recipes" / "mnist_latent.yaml"
     with pytest.raises(VdError, match="--set model.channels=8: unknown key 'model.channels'"):
         load_recipe(recipe, "ldm", ["model.arch=dit", "model.channels=8"])
+
+
+def test_resuming_a_run_that_never_wrote_its_recipe_says_so(tmp_path):
+    Path("r.yaml").write_text("kind: vit\n")
+    Path("runs/r/20260101-000000").mkdir(parents=True)  # killed before it began, by an older vd
+    result = vd("train-vit", "r.yaml", "--resume")
+    assert result.exit_code == 2
+    assert "cannot resume runs/r/20260101-000000: it has no recipe.yaml" in " ".join(message_lines(result.output))
 
 
 def test_a_refused_run_puts_the_latest_pointer_back(tmp_path, trained):

@@ -273,6 +273,8 @@ def test_vd_debug_shows_the_traceback_inline_and_still_saves(monkeypatch):
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
     assert any("saved step 14" in note for note in result.exception.__notes__)
     assert load_checkpoint(runs_of("k")[0] / "checkpoint.safetensors").meta["step"] == 14
+    after = vd("train-vit", "nope.yaml")  # --debug was for that command only
+    assert after.exit_code == 2 and one_line(after).startswith("error: recipe nope.yaml not found")
 
 
 def test_a_crash_in_the_middle_of_an_update_saves_nothing_newer(monkeypatch, tmp_path):

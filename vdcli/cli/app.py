@@ -37,8 +37,7 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of user errors too.")] = False,
 ) -> None:
-    if debug:
-        _debug["on"] = True
+    _debug["on"] = debug or bool(os.environ.get("VD_DEBUG"))  # set on every call: one process may run several (tests)
 
 
 def _unwrap(doc: str) -> str:
@@ -122,6 +121,9 @@ def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes
     run = lock = refused = None
     if resume:
         run = last_run(out, recipe.stem)
+        if not run.recipe.is_file():
+            raise VdError(f"cannot resume {run.dir}: it has no recipe.yaml (that run ended before it started); "
+                          f"remove it, or start a new run without --resume")
     else:
         validated = load_recipe(recipe, kind, overrides, notes)  # a refused recipe makes no folder
     if distributed.is_main():
