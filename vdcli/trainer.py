@@ -295,8 +295,8 @@ def fit(
             for name, at in snapshots.items():
                 if step == at:
                     extra[name].load_state_dict((ema.model if ema else model).state_dict())
-            mark.done(step)
             watch.add(loss, step)
+            mark.done(step)
             logging = step % cfg.log_every == 0 or step == cfg.steps
             evaluating = step % cfg.eval_every == 0 or step == cfg.steps
             saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
