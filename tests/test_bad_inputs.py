@@ -75,6 +75,9 @@ def make_inputs(folder: Path, trained: dict) -> None:
         "ok.yaml": SYNTHETIC,
         "size30.yaml": "kind: vae\ndata:\n  name: synthetic\n  image_size: 30\nmodel:\n  downsample: 4\n",
         "vae_typo.yaml": SYNTHETIC.format(kind="ldm") + "vae:\n  checkpoint: vae_chekpoint.safetensors\n",
+        "tab.yaml": "kind: {kind}\ndata:\n\tname: synthetic\n",
+        "kindlist.yaml": "kind: [{kind}]\n",
+        "datafile.yaml": "kind: {kind}\ndata:\n  name: folder\n  path: taken\n  image_size: 16\n",
     }
     cn = "kind: controlnet\nbase: {base}\n"
     for name, base in (("cn_ok.yaml", trained["ldm"]), ("cn_missing.yaml", "no_such_run"), ("cn_vae.yaml", trained["vae"])):
@@ -83,6 +86,7 @@ def make_inputs(folder: Path, trained: dict) -> None:
     for kind, other in (("vit", "vae"), ("vae", "ldm"), ("ldm", "vit"), ("clip", "vit"), ("controlnet", "vit")):
         for name, text in recipes.items():
             (folder / f"{kind}_{name}").write_text(text.format(kind=kind, other=other))
+        (folder / f"{kind}_binary.yaml").write_bytes(b"\xff\xfe\x00 not text\n")  # a file picked by mistake
     (folder / "recipe_folder.yaml").mkdir()
     for name, lines in (("meta_missing", ['{"file_name": "0.png", "text": "a square"}', '{"file_name": "gone.png", "text": "a disk"}']),
                         ("meta_broken", ['{"file_name": "0.png", "text": "a square"']),
@@ -161,6 +165,11 @@ def train_cases(kind: str) -> list:
         ([cmd, ok, "--device", ""], "--device ''"),
         ([cmd, ok, "--data-root", "taken"], "--data-root taken"),
         ([cmd, ok, "--resume"], f"no runs of recipe '{kind}_ok'"),
+        ([cmd, f"{kind}_tab.yaml"], f"{kind}_tab.yaml:3: not valid YAML"),
+        ([cmd, f"{kind}_kindlist.yaml"], f"{kind}_kindlist.yaml: this is a"),
+        ([cmd, f"{kind}_datafile.yaml"], "data.path taken is not a folder"),
+        ([cmd, f"{kind}_binary.yaml"], f"{kind}_binary.yaml: not a text file"),
+        ([cmd, ok, "--out", "/proc/vd-runs"], "cannot make the run folder /proc/vd-runs"),
     ]
 
 
@@ -387,6 +396,14 @@ def test_dit_switch_keeps_keys_given_with_set_so_a_wrong_one_is_still_an_error(t
         load_recipe(recipe, "ldm", ["model.arch=dit", "model.channels=8"])
 
 
+def test_resuming_a_run_that_never_wrote_its_recipe_says_so(tmp_path):
+    Path("r.yaml").write_text("kind: vit\n")
+    Path("runs/r/20260101-000000").mkdir(parents=True)  # killed before it began, by an older vd
+    result = vd("train-vit", "r.yaml", "--resume")
+    assert result.exit_code == 2
+    assert "cannot resume runs/r/20260101-000000: it has no recipe.yaml" in " ".join(message_lines(result.output))
+
+
 def test_a_refused_run_puts_the_latest_pointer_back(tmp_path, trained):
     make_inputs(tmp_path, trained)
     assert vd("train-vit", "vit_ok.yaml", "--set", "train.steps=1", "--set", "model.dim=16", "--set", "model.heads=2",
@@ -396,3 +413,36 @@ def test_a_refused_run_puts_the_latest_pointer_back(tmp_path, trained):
     result = vd("train-vit", "vit_ok.yaml")
     assert result.exit_code == 2 and "no_such_images" in result.output
     assert os.readlink("runs/vit_ok/latest") == latest and len(list(Path("runs/vit_ok").iterdir())) == 2
+
+
+def control_model(size: int = 32):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(image_size=size, control="scribble")
+
+
+def test_a_control_map_far_smaller_than_the_model_is_refused(tmp_path):
+    from vdcli.cli.control import load_control_maps
+    from vdcli.errors import VdError
+
+    Image.new("L", (5, 5), 255).save(tmp_path / "tiny.png")
+    with pytest.raises(VdError, match=r"--control .*tiny.png is 5x5, far smaller than the model's 32x32 input; draw or resize it to 32x32"):
+        load_control_maps(control_model(), [str(tmp_path / "tiny.png")], None, None)
+
+
+def test_a_control_map_half_the_model_size_is_used_with_a_one_line_warning(tmp_path, capsys):
+    from vdcli.cli.control import load_control_maps
+
+    Image.new("L", (16, 16), 255).save(tmp_path / "half.png")
+    (m,) = load_control_maps(control_model(), [str(tmp_path / "half.png")], None, None)
+    assert m.shape == (1, 32, 32)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "half.png is 16x16, smaller than the model's 32x32: it is centred on a black 32x32" in err[0]
+
+
+def test_a_control_map_at_mnist_size_for_a_32_model_is_padded_silently(tmp_path, capsys):
+    from vdcli.cli.control import load_control_maps
+
+    Image.new("L", (28, 28), 255).save(tmp_path / "digit.png")
+    (m,) = load_control_maps(control_model(), [str(tmp_path / "digit.png")], None, None)
+    assert m.shape == (1, 32, 32) and capsys.readouterr().err == ""

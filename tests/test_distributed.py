@@ -41,3 +41,40 @@ def test_only_rank_zero_writes_one_run_folder_and_one_checkpoint(tmp_path):
     assert len(runs) == 1
     assert sorted(p.name for p in runs[0].rglob("checkpoint.safetensors")) == ["checkpoint.safetensors"] * 2  # denoiser, VAE stage
     ok("sample", "--checkpoint", runs[0], "--n", 1, "--steps", 2, "--out", tmp_path / "s")
+
+
+def test_sigterm_stops_both_ranks_at_one_step_with_one_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    import signal
+    import time
+
+    import torch
+
+    from vdcli.checkpoint import load_checkpoint
+
+    args = ["train-vit", recipe(tmp_path, "t"), *TINY_VIT, "--set", "train.steps=120", "--set", "train.eval_every=120",
+            "--set", "train.checkpoint_every=1000", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vdcli"]
+    proc = subprocess.Popen([*launcher, *map(str, args), "--out", str(tmp_path / "a")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "a" / "t" / "latest" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 3) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)  # to torchrun, as a job scheduler does: it passes SIGTERM to both ranks
+    _, err = proc.communicate(timeout=300)
+
+    run = (tmp_path / "a" / "t" / "latest").resolve()
+    step = load_checkpoint(run / "checkpoint.safetensors").meta["step"]
+    assert 30 <= step < 120 and step % 10 == 0  # the ranks agree on a stop at a logging step
+    assert err.count(f"interrupted at step {step}/120") == 1 and "torchrun --nproc_per_node=2 -m vdcli" in err  # rank 0's line
+    assert json.loads(metrics.read_text().splitlines()[-1])["step"] == step
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.safetensors", "checkpoint.state.safetensors",
+                                                     "metrics.jsonl", "recipe.yaml"]  # one checkpoint; no lock, no temporary file
+
+    torchrun(*args, "--out", tmp_path / "a", "--resume")
+    torchrun(*args, "--out", tmp_path / "b")
+    resumed, straight = load_checkpoint(run / "checkpoint.safetensors"), load_checkpoint(tmp_path / "b" / "t" / "latest" / "checkpoint.safetensors")
+    assert resumed.meta["step"] == straight.meta["step"] == 120
+    assert all(torch.equal(resumed.tensors[k], straight.tensors[k]) for k in straight.tensors)

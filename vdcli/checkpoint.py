@@ -11,10 +11,13 @@ Every write goes to a temporary file, is fsynced and renamed over the old file, 
 Ctrl-C never leaves a half-written checkpoint. Weights and optimizer state are two files, so
 ``save_resumable`` keeps the previous state (``<name>.state-prev.safetensors``) until the new
 weights are in place: a process killed at any instant leaves weights and a state of the same step.
+A write that fails (a full disk, no permission) removes its temporary file, puts the previous state
+back, and is one ``VdError`` naming the file and its size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vdcli import __version__
-from vdcli.errors import VdError
+from vdcli.errors import VdError, write_failure
 
 KINDS = {"vit": "a ViT classifier (vd train-vit)", "vae": "a VAE (vd train-vae)", "ldm": "a latent diffusion model (vd train-ldm)",
          "clip": "a CLIP image-text model (vd train-clip)", "controlnet": "a ControlNet on an LDM (vd train-controlnet)"}
@@ -51,22 +54,37 @@ class Checkpoint:
         return self.weights("ema" if self.has("ema") else "model")
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, nbytes: int | None = None) -> None:
     """write(tmp_path), fsync, then rename over ``path``: readers see the old file or the new one.
 
     Every file vd writes goes through here; under torchrun only rank 0 writes (``distributed``).
+    On any failure the temporary file is removed and ``path`` is untouched; a full disk or a missing
+    permission is one ``VdError`` naming ``path`` and ``nbytes``, the size of what was being written.
     """
     from vdcli import distributed
 
     if not distributed.is_main():
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:  # Ctrl-C too: no half-written temporary file stays behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        failure = write_failure(e, path, nbytes)
+        if failure is not None:
+            raise failure from e
+        raise
+
+
+def safetensors_size(tensors: dict[str, torch.Tensor], metadata: dict) -> int:
+    """About the size of the safetensors file of ``tensors`` (the data and a header of the same order)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values()) + len(json.dumps(metadata)) + 100 * len(tensors)
 
 
 def save_checkpoint(path: Path, kind: str, modules: dict[str, torch.nn.Module | dict], meta: dict) -> None:
@@ -77,7 +95,7 @@ def save_checkpoint(path: Path, kind: str, modules: dict[str, torch.nn.Module | 
         for name, value in state.items():
             tensors[f"{prefix}.{name}"] = value.detach().to("cpu").contiguous()
     header = {"format": "vd", "kind": kind, "version": __version__, "meta": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), safetensors_size(tensors, header))
 
 
 def read_header(path: Path) -> dict:
@@ -114,11 +132,18 @@ def save_resumable(path: Path, kind: str, modules: dict[str, torch.nn.Module | d
 
     if not distributed.is_main():
         return
-    if state_path(path).is_file():
-        os.replace(state_path(path), state_path(path, previous=True))
-    save_train_state(path, optimizer, step)
-    save_checkpoint(path, kind, modules, {**meta, "step": step})
-    state_path(path, previous=True).unlink(missing_ok=True)
+    state, previous = state_path(path), state_path(path, previous=True)
+    if state.is_file():
+        os.replace(state, previous)
+    try:
+        save_train_state(path, optimizer, step)
+        save_checkpoint(path, kind, modules, {**meta, "step": step})
+    except BaseException:  # a full disk, Ctrl-C: the weights on disk are the previous step's; so is its state again
+        if previous.is_file():
+            with contextlib.suppress(OSError):
+                os.replace(previous, state)
+        raise
+    previous.unlink(missing_ok=True)
 
 
 def save_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
@@ -133,7 +158,7 @@ def save_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int) ->
             else:
                 scalars[key] = value
     header = {"step": str(step), "param_groups": json.dumps(state["param_groups"]), "scalars": json.dumps(scalars)}
-    atomic_write(state_path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    atomic_write(state_path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header), safetensors_size(tensors, header))
 
 
 def load_train_state(path: Path, optimizer: torch.optim.Optimizer, step: int) -> None:

@@ -238,7 +238,10 @@ def load_recipe(path: str | Path, kind: str, overrides: list[str] = (), notes: l
     if not path.is_file():
         hint = " (it is a folder)" if path.is_dir() else ""
         raise VdError(f"recipe {path} not found{hint}; the shipped recipes are in recipes/, e.g. {SHIPPED[kind]}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise VdError(f"{path}: not a text file; a recipe is YAML, e.g. {SHIPPED[kind]}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -264,7 +267,7 @@ def validate_recipe(
     """
     found = raw.get("kind", kind)
     if found != kind:
-        hint = f"; train it with {COMMANDS[found]}" if found in COMMANDS else ""
+        hint = f"; train it with {COMMANDS[found]}" if isinstance(found, str) and found in COMMANDS else ""  # kind: [vit] is no key
         raise VdError(f"{source}: this is a '{found}' recipe, not a '{kind}' recipe{hint}")
     raw = dict(raw)
     set_lines = {}

@@ -6,6 +6,7 @@
         checkpoint.safetensors       weights + metadata; rebuilds the model alone
         checkpoint.state.safetensors optimizer state, for --resume
         *.png                        what the run shows (samples, curves, confusion matrix ...)
+        .lock                        while a process trains into it: its pid, host and start time
     runs/<recipe>/latest -> <YYYYmmdd-HHMMSS>
 
 Commands that need a checkpoint take a file or a run folder, or else use the newest run of
@@ -14,15 +15,18 @@ the right kind under ``runs/``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
 from vdcli.checkpoint import KINDS, read_header
-from vdcli.errors import VdError
+from vdcli.errors import VdError, write_failure
 
 CHECKPOINT = "checkpoint.safetensors"
+LOCK = ".lock"
 
 
 def default_root() -> Path:
@@ -38,18 +42,20 @@ class Run:
         self._undo: tuple[list[Path], str | None] | None = None  # set by new_run: what discard() restores
 
     def discard(self) -> bool:
-        """Remove a run that was refused before it saved anything (bad data path, unusable VAE ...):
-        its folder, the folders ``new_run`` made for it, and the ``latest`` pointer put back.
-        A run with a checkpoint, or one not made by ``new_run``, is kept. True if removed."""
-        if self._undo is None or any(self.dir.rglob("*.safetensors")):  # a VAE stage's checkpoint counts too
+        """Remove a run that ended before it saved a checkpoint (bad data path, unusable VAE, a full
+        disk, a crash ...): its folder, the folders ``new_run`` made for it, and the ``latest`` pointer
+        put back (or removed when the run it pointed at is gone). A run with a checkpoint (a VAE
+        stage's counts too; cached latents do not), or one not made by ``new_run``, is kept.
+        True if removed."""
+        if self._undo is None or any(self.dir.rglob(CHECKPOINT)):
             return False
         made, previous = self._undo
         shutil.rmtree(self.dir, ignore_errors=True)
         link = self.dir.parent / "latest"
         try:
-            if link.is_symlink():
+            if link.is_symlink() and os.readlink(link) == self.dir.name:
                 link.unlink()
-            if previous is not None:
+            if previous is not None and (self.dir.parent / previous).is_dir() and not link.is_symlink():
                 link.symlink_to(previous, target_is_directory=True)
         except OSError:
             pass
@@ -76,10 +82,18 @@ def new_run(root: Path, name: str) -> Run:
     previous = os.readlink(link) if link.is_symlink() else None
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder, n = base / stamp, 1
-    while folder.exists():
-        n += 1
-        folder = base / f"{stamp}-{n}"
-    folder.mkdir(parents=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        while True:  # mkdir, not exists(): two runs started in the same second get two folders
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+                folder = base / f"{stamp}-{n}"
+    except OSError as e:  # a read-only or full disk, no permission, a path the system refuses (/proc/x)
+        raise write_failure(e, folder) or VdError(f"cannot make the run folder {folder}: {e.strerror or e}; "
+                                                  f"pass --out a folder you can write to") from None
     try:
         if link.is_symlink() or link.exists():
             link.unlink()
@@ -126,3 +140,102 @@ def find_checkpoint(arg: str | Path | None, kind: str, root: Path | None = None)
         raise VdError(f"no run of {KINDS[kind]} found under {root}/; train one first or pass --checkpoint PATH")
     newest = max(found, key=lambda p: p.stat().st_mtime)
     return newest, f"latest {kind} run: {newest}"
+
+
+# --- who trains into a run ------------------------------------------------------------------
+
+
+def _started(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot, /proc/<pid>/stat field 22), to tell
+    a reused pid from the lock's owner; None where there is no /proc or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # the fields after the command name, which may hold spaces
+
+
+def _alive(owner: dict) -> bool:
+    """Whether the lock's owner may still run: always True for another host (we cannot look)."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    pid = int(owner.get("pid", 0))
+    if pid <= 0:
+        return False  # an empty or garbled lock: its writer died while writing it
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would end the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by another user
+    started = _started(pid)
+    return started is None or owner.get("started") is None or started == owner["started"]
+
+
+class RunLock:
+    """``<run>/.lock`` while a process trains into the run: made with O_EXCL (one process wins a race),
+    holding the owner's pid, host and start time, removed by ``release`` on every exit path.
+
+    A lock whose owner is alive refuses the second process. A lock left by a process that died on
+    this host (SIGKILL, the OOM killer, a reboot) is taken over with a note: the pid is gone, so no
+    one writes the run, and refusing would only make the user delete a file vd knows to be stale.
+    A lock from another host is never taken over (its pid cannot be checked from here).
+    """
+
+    def __init__(self, run: Run):
+        self.path = run.dir / LOCK
+        self.held = False
+
+    def acquire(self) -> str | None:
+        """Take the lock or raise VdError naming its owner; returns a note if a stale lock was taken over."""
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": _started(os.getpid()),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        note = None
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None:
+                    continue  # released between our open and our read: try again
+                who = f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}"
+                if _alive(owner):
+                    raise VdError(f"{self.path.parent} is being trained by another vd process ({who}); wait for it to end "
+                                  f"or stop it; if no vd process runs there, remove {self.path}") from None
+                try:  # a rename, not an unlink: of two processes taking over the same stale lock, one wins
+                    os.replace(self.path, self.path.with_name(f"{LOCK}.stale"))
+                    self.path.with_name(f"{LOCK}.stale").unlink(missing_ok=True)
+                except FileNotFoundError:
+                    pass
+                note = f"note: took over the stale lock of {self.path.parent}: its owner ({who}) is no longer running"
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return note
+        raise VdError(f"could not lock {self.path.parent}: {self.path} keeps changing; is another vd process starting there?")
+
+    def _owner(self) -> dict | None:
+        owner = {}
+        for wait in (0.0, 0.2):  # an empty lock may be one another process is writing this instant
+            time.sleep(wait)
+            try:
+                owner = json.loads(self.path.read_text() or "{}")
+            except FileNotFoundError:
+                return None
+            except (OSError, ValueError):
+                owner = {}
+            if owner:
+                break
+        if not isinstance(owner, dict) or not owner:  # a process that died while writing it
+            owner = {"pid": 0, "host": socket.gethostname(), "since": time.strftime(
+                "%Y-%m-%d %H:%M:%S", time.localtime(self.path.stat().st_mtime))}
+        return owner
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it (a run folder already removed is fine)."""
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from vdcli import distributed
-from vdcli.checkpoint import load_checkpoint, load_train_state, save_resumable
+from vdcli.checkpoint import load_checkpoint, load_train_state, read_header, save_resumable
 from vdcli.device import autocast, compiled, prepare
 from vdcli.errors import VdError
 from vdcli.images import loss_curve
@@ -281,7 +281,8 @@ def fit(
     batches = step_batches(data, order, start, cfg.steps, rank, world, device)  # streamed columns: read ahead by workers
 
     t0 = time.perf_counter()
-    with stop, Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
+    with stop, SaveOnError(save, watch, model, run.checkpoint, start) as mark, \
+            Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
             open(run.metrics if rank == 0 else os.devnull, "a") as log:
         step = read_from = start
         for step in range(start + 1, cfg.steps + 1):  # step = number of optimizer updates done after this one
@@ -298,6 +299,7 @@ def fit(
             loss.backward()
             if cfg.grad_clip:
                 clip_gradients(model, cfg.grad_clip)
+            mark.updating()  # from here to mark.done the weights are neither step - 1's nor step's
             optimizer.step()
             if ema:
                 ema.update(model, step)
@@ -305,6 +307,7 @@ def fit(
                 if step == snap.at:
                     snap.module.load_state_dict((ema.model if ema else model).state_dict())
             watch.add(loss, step)
+            mark.done(step)
             logging = step % cfg.log_every == 0 or step == cfg.steps
             evaluating = step % cfg.eval_every == 0 or step == cfg.steps
             saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
@@ -339,6 +342,56 @@ def fit(
     distributed.barrier()  # the checkpoint is on disk before any rank reads it back
     final = (ema.model if ema else model).eval()
     return TrainResult(run, final, step, time.perf_counter() - t0, loss_value, metrics)
+
+
+class SaveOnError:
+    """Around the loop: after an exception that is not a VdError (an out-of-memory, a CUDA error, a
+    bug), save the last whole step if the checkpoint is older and the model is sane, and say what
+    was saved in a note on the exception ("vd: ..."), which the CLI prints. The exception goes on.
+
+    A whole step is one whose update (optimizer, EMA, snapshots) completed: an exception in the
+    loss, the backward pass or clipping leaves the previous step's weights, which are saved; one
+    inside the update leaves a mix of two steps, which is never saved. Sane: no loss since the
+    last read was NaN or inf and every weight is finite. Only rank 0 saves (``save_resumable``).
+    """
+
+    def __init__(self, save: Callable[[int], None], watch: LossWatch, model: nn.Module, checkpoint, start: int):
+        self.save, self.watch, self.model, self.checkpoint = save, watch, model, checkpoint
+        self.last, self.half = start, False
+
+    def updating(self) -> None:
+        self.half = True
+
+    def done(self, step: int) -> None:
+        self.last, self.half = step, False
+
+    def __enter__(self) -> SaveOnError:
+        return self
+
+    def __exit__(self, kind, error, tb) -> bool:
+        if isinstance(error, Exception) and not isinstance(error, VdError) and distributed.is_main():
+            error.add_note("vd: " + self._rescue())
+        return False
+
+    def _saved(self) -> str:
+        if not self.checkpoint.is_file():
+            return "no checkpoint was saved"
+        return f"{self.checkpoint} holds step {json.loads(read_header(self.checkpoint)['meta'])['step']}"
+
+    def _rescue(self) -> str:
+        try:
+            saved = json.loads(read_header(self.checkpoint)["meta"])["step"] if self.checkpoint.is_file() else 0
+            if self.half:
+                return f"it struck during the update of step {self.last + 1}, so that step was not saved; {self._saved()}"
+            if self.last <= saved:
+                return self._saved()
+            _, bad_step, _ = self.watch.read() if self.watch.loss is not None else (0.0, 0, 0.0)
+            if bad_step or not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                return f"the loss or the weights were not finite at step {self.last}, so it was not saved; {self._saved()}"
+            self.save(self.last)
+            return f"saved step {self.last} to {self.checkpoint} (--resume continues from it)"
+        except Exception as e:  # a broken device, a full disk: what was on disk stays
+            return f"could not save step {self.last} ({type(e).__name__}: {str(e)[:120]})"
 
 
 def _read_loss(watch: LossWatch, stop: StopFlag, world: int, since: int, step: int, cfg: TrainConfig) -> tuple[float, bool]:

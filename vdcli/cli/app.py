@@ -7,13 +7,13 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
 from vdcli import __version__
 from vdcli.cli.options import DataRoot, Device, Quiet, Resume, RunsDir, Seed, Sets, check_data_root, check_device, check_out
-from vdcli.errors import VdError
+from vdcli.errors import TrainingFailed, VdError, write_failure
 
 app = typer.Typer(
     name="vd",
@@ -37,8 +37,7 @@ def main_options(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of user errors too.")] = False,
 ) -> None:
-    if debug:
-        _debug["on"] = True
+    _debug["on"] = debug or bool(os.environ.get("VD_DEBUG"))  # set on every call: one process may run several (tests)
 
 
 def _unwrap(doc: str) -> str:
@@ -48,7 +47,8 @@ def _unwrap(doc: str) -> str:
 
 
 def command(name: str):
-    """Register a command whose user errors print as one line and exit 2 (130 when interrupted)."""
+    """Register a command whose user errors print as one line and exit 2 (130 when interrupted, 1 when
+    a training command failed unexpectedly)."""
 
     def wrap(fn):
         fn.__doc__ = _unwrap(fn.__doc__)
@@ -65,19 +65,36 @@ def command(name: str):
             except VdError as e:
                 if _debug["on"]:
                     raise
+                from rich.markup import escape
+
+                from vdcli import distributed
                 from vdcli.progress import console
                 from vdcli.trainer import TrainingInterrupted
 
                 err = console.__class__(stderr=True, highlight=False)
                 if isinstance(e, TrainingInterrupted):
-                    err.print(f"[yellow]{e}[/]; continue with: vd {' '.join(sys.argv[1:])} --resume", soft_wrap=True)
+                    if distributed.is_main():  # under torchrun every rank stopped at this step: one line
+                        err.print(f"[yellow]{escape(str(e))}[/]; continue with: {escape(_again())}", soft_wrap=True, markup=True)
                     raise typer.Exit(130)
-                err.print(f"[red]error:[/] {e}", soft_wrap=True, markup=True)
-                raise typer.Exit(2)
+                if not distributed.is_main() and not isinstance(e, TrainingFailed):
+                    raise typer.Exit(e.exit_code)  # the same user error on every rank: rank 0 says it
+                where = "" if distributed.is_main() else f"rank {distributed.rank()}: "
+                err.print(f"[red]error:[/] {escape(where + str(e))}", soft_wrap=True, markup=True)  # a path may hold [...]
+                raise typer.Exit(e.exit_code)  # 2: the input was wrong; 1: a training command failed (TrainingFailed)
 
         return app.command(name)(run)
 
     return wrap
+
+
+def _again() -> str:
+    """The command line that resumes this one (under torchrun, through torchrun)."""
+    from vdcli import distributed
+
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    launcher = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', distributed.world_size())} -m vdcli" \
+        if distributed.launched() else "vd"
+    return " ".join([launcher, *args, "--resume"])
 
 
 def say(*lines: str) -> None:
@@ -93,23 +110,88 @@ def duration(seconds: float) -> str:
 
 
 def _prepare(kind: str, recipe: Path, sets, seed, resume: bool, out: Path, notes: list[str] | None = None):
+    """(the validated recipe, the run, its lock): a new run folder, or the last one with --resume, locked
+    (by rank 0 under torchrun) before anything is written into it."""
     from vdcli import distributed
+    from vdcli.checkpoint import atomic_write
     from vdcli.recipe import load_recipe, recipe_to_yaml
-    from vdcli.runs import Run, last_run, new_run
+    from vdcli.runs import Run, RunLock, last_run, new_run
 
     overrides = list(sets or []) + ([f"train.seed={seed}"] if seed is not None else [])
+    run = lock = refused = None
     if resume:
         run = last_run(out, recipe.stem)
-        validated = load_recipe(run.recipe, kind, overrides, notes)
+        if not run.recipe.is_file():
+            raise VdError(f"cannot resume {run.dir}: it has no recipe.yaml (that run ended before it started); "
+                          f"remove it, or start a new run without --resume")
     else:
-        validated = load_recipe(recipe, kind, overrides, notes)
-        run = new_run(out, recipe.stem) if distributed.is_main() else None
-    if distributed.world_size() > 1:  # one run folder, made by rank 0
-        folder = distributed.broadcast(str(run.dir) if run is not None else None)
-        run = run if distributed.is_main() else Run(Path(folder))
+        validated = load_recipe(recipe, kind, overrides, notes)  # a refused recipe makes no folder
     if distributed.is_main():
-        run.recipe.write_text(recipe_to_yaml(validated))
-    return validated, run
+        try:
+            run = run or new_run(out, recipe.stem)
+            lock = RunLock(run)
+            note = lock.acquire()
+            if note:  # on stderr even with --quiet: someone's run died there
+                typer.echo(note, err=True)
+        except VdError as e:
+            refused = e
+    if distributed.world_size() > 1:  # one run folder, made and locked by rank 0
+        folder, refusal = distributed.broadcast((str(run.dir) if run is not None else None, refused is not None))
+        if refusal and not distributed.is_main():
+            raise typer.Exit(2)  # rank 0 says why
+        run = run if distributed.is_main() else Run(Path(folder))
+    if refused is not None:
+        if run is not None:
+            run.discard()
+        raise refused
+    try:
+        if resume:
+            validated = load_recipe(run.recipe, kind, overrides, notes)
+        text = recipe_to_yaml(validated)
+        atomic_write(run.recipe, lambda tmp: tmp.write_text(text), len(text))  # a resume reads it: never half-written
+    except BaseException as e:
+        if lock is not None:
+            lock.release()
+        _failed(e, run)
+    return validated, run, lock
+
+
+def _failed(error: BaseException, run) -> NoReturn:
+    """End a training command that raised: remove its run folder if it saved no checkpoint, and make
+    what is not a VdError one line (a full disk: what could not be written; anything else: where the
+    traceback is). Called inside the ``except`` block that caught ``error``."""
+    from vdcli import distributed
+
+    if distributed.is_main() and run is not None:
+        run.discard()  # refused or failed before it saved anything (data not found, unusable VAE, a crash ...)
+    if isinstance(error, VdError) or not isinstance(error, Exception):  # and Ctrl-C, SystemExit: as they are
+        raise error
+    failure = write_failure(error, getattr(error, "filename", None) or (f"into {run.dir}" if run is not None else None))
+    if failure is not None:
+        raise failure from error
+    if _debug["on"]:
+        raise error
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    log = None
+    places = [run.dir / "error.log"] if run is not None and run.dir.is_dir() and distributed.is_main() else []
+    for place in places + [None]:
+        try:
+            if place is None:
+                fd, place = tempfile.mkstemp(prefix="vd-error-", suffix=".log")
+                os.close(fd)
+            Path(place).write_text(text)
+            log = place
+            break
+        except OSError:
+            continue
+    what = (str(error).strip().splitlines() or [""])[0][:200]
+    saved = " ".join(n[4:] for n in getattr(error, "__notes__", []) if n.startswith("vd: "))
+    where = f"the full traceback is in {log}" if log else "the traceback could not be written; run vd --debug ... to see it"
+    raise TrainingFailed(f"training stopped by an unexpected {type(error).__name__}{': ' + what if what else ''}; "
+                         f"{saved + '; ' if saved else ''}{where}") from error
 
 
 # Which module's ``train(recipe, run, ...)`` each training command runs.
@@ -143,15 +225,16 @@ def train_command(kind: str, name: str, doc: str):
             quiet = quiet or not distributed.is_main()
             task = importlib.import_module(TRAINERS[kind])  # imported here, not above: vd --help stays fast
             notes: list[str] = []
-            validated, run = _prepare(kind, recipe, set_, seed, resume, out, notes)
+            validated, run, lock = _prepare(kind, recipe, set_, seed, resume, out, notes)
             if not quiet:
                 say(*notes)
             try:
                 summary = task.train(validated, run, device=where, data_root=data_root, resume=resume, quiet=quiet)
-            except VdError:
-                if distributed.is_main():
-                    run.discard()  # refused before it saved anything (data not found, unusable VAE ...): leave no trace
-                raise
+            except BaseException as e:
+                _failed(e, run)
+            finally:
+                if lock is not None:
+                    lock.release()
             if distributed.is_main():
                 report(summary)
 

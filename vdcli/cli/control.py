@@ -8,19 +8,43 @@ import typer
 
 from vdcli.cli.app import command, duration, say, train_command
 from vdcli.cli.options import DataRoot, check_choice, check_data_root, check_input, check_out
+from vdcli.errors import VdError
 
 
 def load_control_maps(model, control: list[str], control_type: str | None, data_root) -> list:
-    """The control maps (uint8 [1, H, W] each) the --control options name, at the base's image size."""
+    """The control maps (uint8 [1, H, W] each) the --control options name, at the base's image size.
+
+    A map file far smaller than the model's input is refused: under a quarter of its side (5x5 for
+    32x32) too few pixels are left to steer anything, and padding or stretching it is never what the
+    user meant. One under three quarters (a 16x16 drawing for a 32x32 model) may be meant and is
+    used with a one-line warning of what happens to it; 28x28 for 32x32 is the MNIST padding itself.
+    """
     from vdcli.controls import control_map
-    from vdcli.data import is_reference, load_input
+    from vdcli.data import fit_images, is_reference, load_input
 
     maps = []
     for ref in control:
-        image, _ = load_input(ref, model.image_size, None, data_root)
+        if is_reference(ref):  # a dataset image, fitted as in training
+            image, _ = load_input(ref, model.image_size, None, data_root)
+        else:
+            image, _ = load_input(ref, None, None, data_root)
+            _check_control_size(ref, image.shape[-2:], model.image_size)
+            image = fit_images(image[None], model.image_size, None)[0]
         kind = control_type or (model.control if is_reference(ref) else None)  # a dataset image is not a map
         maps.append(control_map(image, kind) if kind else image.float().mean(0, keepdim=True).round().byte())
     return maps
+
+
+def _check_control_size(ref: str, shape, size: int) -> None:
+    h, w = shape
+    side = min(h, w)
+    fix = f"draw or resize it to {size}x{size} (vd control IMAGE --size {size} makes one from an image)"
+    if 4 * side < size:
+        raise VdError(f"--control {ref} is {w}x{h}, far smaller than the model's {size}x{size} input; {fix}")
+    if 4 * side < 3 * size:
+        what = f"centred on a black {size}x{size}" if h == w else f"stretched to cover {size}x{size}"
+        typer.echo(f"warning: --control {ref} is {w}x{h}, smaller than the model's {size}x{size}: it is {what}; "
+                   f"for a map that steers the whole image, {fix}", err=True)
 
 
 def steer(controlnet: str, where, compile: bool = False):
