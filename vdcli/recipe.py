@@ -28,6 +28,7 @@ from vdcli.models.dit import DiTConfig
 from vdcli.models.unet import UNetConfig
 from vdcli.models.vae import VAEConfig
 from vdcli.models.vit import ViTConfig
+from vdcli.samplers import Spacing
 from vdcli.recipe_errors import blame, conflicts, explain, key_lines
 from vdcli.recipe_errors import denoiser_conflicts  # noqa: F401 (tasks/stages.py checks a named VAE's latent grid with it)
 
@@ -111,7 +112,7 @@ class SampleConfig(Section):
 
     sampler: Sampler = "ddim"
     steps: int = Field(50, gt=0)
-    spacing: Literal["leading", "linspace", "trailing", "karras"] | None = None  # None: the sampler's own (diffusion.sampler_timesteps)
+    spacing: Spacing | None = None  # None: the sampler's own (diffusion.sampler_timesteps)
     eta: float = Field(0.0, ge=0)  # DDIM only
     guidance: float = Field(3.0, ge=0)  # classifier-free guidance of a class or prompt; 1 = off
     autoguidance: float = Field(1.0, ge=0)  # w of unconditional samples against train.guide_at's weights; 1 = off

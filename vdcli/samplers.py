@@ -63,13 +63,14 @@ levels, and only near σ_min, where the grid is coarse (linear schedule: σ_0 = 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 
 SIGMA_SAMPLERS = ("euler", "euler-a", "heun", "dpmpp-2m-sde")  # the samplers that step in σ-space
 STOCHASTIC = ("euler-a", "dpmpp-2m-sde")  # their noise z comes from the loop's generator
-SPACINGS = ("leading", "linspace", "trailing", "karras")
+Spacing = Literal["leading", "linspace", "trailing", "karras"]  # spelled once: recipes and the CLI derive from it
+SPACINGS: tuple[str, ...] = get_args(Spacing)
 
 
 # --- where the steps fall ----------------------------------------------------------------------

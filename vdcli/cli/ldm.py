@@ -50,7 +50,8 @@ def open_ldm(checkpoint, controlnet, control, control_type, control_scale, where
 @command("sample")
 def sample_cmd(
     checkpoint: Annotated[Optional[str], typer.Option(help="An LDM checkpoint or run folder (default: the newest LDM run).")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="ddim, dpmpp-2m (DPM-Solver++(2M): good in 10-20 steps) or ddpm (default: the recipe's).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="ddim, dpmpp-2m (DPM-Solver++(2M): good in 10-20 steps), ddpm, or k-diffusion's euler, euler-a (Euler ancestral), heun, dpmpp-2m-sde (default: the recipe's).")] = None,
+    spacing: Annotated[Optional[str], typer.Option(help="Where the steps go: leading, linspace, trailing or karras (rho = 7; with dpmpp-2m that is 'DPM++ 2M Karras'). Default: the recipe's sample.spacing, else the sampler's own.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps (default: the recipe's for DDIM and DPM-Solver++, all T for DDPM).", min=1)] = None,
     eta: Annotated[Optional[float], typer.Option(help="DDIM noise: 0 is deterministic, 1 is DDPM-like.", min=0.0)] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale w, 1 turns it off (default: the recipe's): classifier-free for a class or prompt; for unconditional samples, autoguidance against the model's early weights when its recipe kept them (train.guide_at).", min=0.0)] = None,
@@ -83,10 +84,11 @@ def sample_cmd(
     strength; with --control a row per map: the map, then every class), every image under
     images/, and with --trajectory an animated GIF of the denoising.
     """
-    from vdcli.diffusion import SAMPLERS
+    from vdcli.diffusion import SAMPLERS, SPACINGS
 
     check_input(checkpoint, "--checkpoint")
     check_choice(sampler, "--sampler", tuple(SAMPLERS))
+    check_choice(spacing, "--spacing", SPACINGS)
     check_items(class_, "--class", "3,7")
     check_input(init, "--init")
     strengths = check_fractions(strength, "--strength", "0.3,0.5,0.7")
@@ -117,8 +119,10 @@ def sample_cmd(
         say(f"note: --guidance {guidance:g} is not used: an unconditional sample is guided only by a model trained "
             "with train.guide_at (autoguidance), and this one was not")
     say(*model.conditioning.warnings(requests, negative_prompt))
-    how = f"{sampler.upper()} {steps} steps{f', eta {eta:g}' if sampler == 'ddim' else ''}, {kind} {w:g}, seed {seed}{', compiled (the time includes the compile)' if compile else ''}"
-    options = dict(sampler=sampler, steps=steps, eta=eta, guidance=w)
+    spacing = spacing or model.defaults.spacing
+    how = (f"{sampler.upper()} {steps} steps{f', {spacing} spacing' if spacing else ''}{f', eta {eta:g}' if sampler == 'ddim' else ''}, "
+           f"{kind} {w:g}, seed {seed}{', compiled (the time includes the compile)' if compile else ''}")
+    options = dict(sampler=sampler, steps=steps, eta=eta, guidance=w, spacing=spacing)
     if init is not None:
         _sample_from_image(model, ckpt, init, requests[0], names[0], strengths or [0.8], n, seed, negative_prompt, options,
                            how, found, out, data_root)

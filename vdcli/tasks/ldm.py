@@ -150,6 +150,7 @@ def generate(
     negative: list[str] | None = None,
     generator: torch.Generator | None = None,
     trajectory: bool = False,
+    spacing: str | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Images (uint8 [B, C, H, W]), one per request (the null class or "" asks for nothing),
     with optional ``negative`` prompts.
@@ -163,7 +164,7 @@ def generate(
         frames.append(ldm.decode(x0_pred))
 
     z = sample(ldm.model_fn(requests, guidance, negative), noise, ldm.schedule, sampler, steps, eta,
-               generator=generator, callback=record if trajectory else None)
+               generator=generator, callback=record if trajectory else None, spacing=spacing)
     return ldm.decode(z), frames
 
 
@@ -202,6 +203,7 @@ def image_to_image(
     guidance: float = 1.0,
     negative: str | None = None,
     seed: int = 0,
+    spacing: str | None = None,
 ) -> torch.Tensor:
     """SDEdit (Meng et al. 2022): ``image`` (uint8 [C, H, W]) made anew n ways per strength, with
     the class or prompt ``request``. Returns uint8 [n, len(strengths), C, H, W].
@@ -217,14 +219,14 @@ def image_to_image(
     for strength in strengths:
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((n, *ldm.latent_shape), generator=generator).to(ldm.device)  # as generate() draws it
-        start = strength_start(sampler, steps, ldm.schedule.T, strength)
+        start = strength_start(sampler, steps, ldm.schedule, strength, spacing)
         if start == -1:
             z = z_init
         elif start is None:
-            z = sample(model_fn, noise, ldm.schedule, sampler, steps, eta, generator=generator)
+            z = sample(model_fn, noise, ldm.schedule, sampler, steps, eta, generator=generator, spacing=spacing)
         else:
             x = add_noise(ldm.schedule, z_init, noise, torch.full((n,), start))
-            z = sample(model_fn, x, ldm.schedule, sampler, steps, eta, generator=generator, start_t=start)
+            z = sample(model_fn, x, ldm.schedule, sampler, steps, eta, generator=generator, start_t=start, spacing=spacing)
         columns.append(ldm.decode(z))
     return torch.stack(columns, dim=1)
 
