@@ -28,9 +28,9 @@ from vdcli.models.dit import DiTConfig
 from vdcli.models.unet import UNetConfig
 from vdcli.models.vae import VAEConfig
 from vdcli.models.vit import ViTConfig
-from vdcli.samplers import Spacing
 from vdcli.recipe_errors import blame, conflicts, explain, key_lines
 from vdcli.recipe_errors import denoiser_conflicts  # noqa: F401 (tasks/stages.py checks a named VAE's latent grid with it)
+from vdcli.samplers import Spacing
 
 # The one list of dataset names: data.py builds its references (mnist:test:42) from it.
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "folder", "synthetic"]
