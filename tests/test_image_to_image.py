@@ -124,3 +124,19 @@ def test_train_ldm_draws_its_forward_process_then_sample_remakes_an_image(tmp_pa
     ok("sample", "--class", "disk", "--n", 2, "--steps", 4, "--out", tmp_path / "plain")
     same = [Image.open(tmp_path / "s" / "images" / f"strength1_{i}.png").tobytes() for i in range(2)]
     assert same == [Image.open(tmp_path / "plain" / "images" / f"disk_{i}.png").tobytes() for i in range(2)]
+
+
+def test_a_grid_wraps_at_sixteen_images_a_row_and_long_names_make_short_safe_files(tmp_path):
+    from PIL import Image
+
+    from vdcli.tasks.ldm import file_stem, save_samples
+
+    samples = torch.zeros(100, 1, 8, 8, dtype=torch.uint8)
+    long = "a thin seven / leaning right " * 40
+    written = save_samples(samples, [long, "none"], 50, tmp_path)
+    grid = Image.open(written[0])
+    assert grid.width < 17 * 10 * 12 + 500  # 16 columns of 12x-enlarged images and their pads, plus a cut label (50 would be 6000)
+    assert grid.height > 4 * 8 * 12  # 50 images a name: 4 rows of 16 each
+    names = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert len(names) == 100 and max(map(len, names)) < 50 and all("/" not in n for n in names)
+    assert file_stem("seven") == "seven" and file_stem("a/b c") == "a_b_c" and file_stem("...") == "image"

@@ -164,3 +164,12 @@ def test_text_ldm_from_nothing_then_prompts_in_every_generating_command(tmp_path
 
     result = vd("sample", "--checkpoint", alone, "--prompt", "disk", "--class", "disk")
     assert result.exit_code == 2 and "give one of them" in result.output
+
+    # a word the tokenizer never saw is named in one line, before sampling; a prompt of 400 words samples
+    # and its images get a short, safe file name (the full prompt is in the summary)
+    out = ok("sample", "--checkpoint", alone, "--prompt", "a zebra disk", "--n", 1, "--steps", 2, "--out", tmp_path / "z")
+    assert "never saw" in out and "zebra" in out and "1 images" in out
+    long = " ".join(["a large red disk on a square"] * 60)
+    out = ok("sample", "--checkpoint", alone, "--prompt", long, "--n", 2, "--steps", 2, "--out", tmp_path / "l")
+    names = [f.name for f in (tmp_path / "l" / "images").iterdir()]
+    assert len(names) == 2 and all(len(n) < 60 for n in names) and long[:40] in out.replace("\n", "")

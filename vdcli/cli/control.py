@@ -72,7 +72,7 @@ def _report_controlnet(summary) -> None:
     say(
         f"[bold]ControlNet trained: {summary.steps} steps in {duration(summary.seconds)}, final loss {summary.loss:.4f}[/]",
         f"wrote {summary.run.dir}/: " + ", ".join(p.name for p in summary.files if p.exists()),
-        f"next: vd sample --controlnet {summary.run.dir} --control mnist:test:7 --class all --n 1",
+        f"next: vd sample --controlnet {summary.run.dir} {summary.next_hint}",
     )
 
 

@@ -95,6 +95,7 @@ class ControlNetSummary:
     steps: int
     seconds: float
     files: list[Path]
+    next_hint: str = "--control mnist:test:7 --class all --n 1"  # what vd sample should be told next
 
 
 def cached_controls(run: Run, train_images: torch.Tensor, kind: str) -> torch.Tensor:
@@ -197,4 +198,7 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
     result = fit(net, loss_fn, (mean, logvar, conditioning.column(train_set), hints), cfg, run, kind="controlnet", meta=meta,
                  device=device, evaluate=evaluate, extra={"base": base_ckpt.tensors}, resume=resume, quiet=quiet)
     grids = sorted(run.dir.glob("samples_*.png"))
-    return ControlNetSummary(run, result.loss, result.step, result.seconds, [run.checkpoint, run.dir / "loss.png", *grids[-1:]])
+    name = base_meta["data"]["name"]
+    example = f"{name}:test:7" if name not in ("folder", "synthetic") else "MAP.png"
+    hint = f"--control {example} {conditioning.next_hint(base.defaults.prompts)} --n 1"
+    return ControlNetSummary(run, result.loss, result.step, result.seconds, [run.checkpoint, run.dir / "loss.png", *grids[-1:]], hint)

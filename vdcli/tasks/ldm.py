@@ -335,6 +335,11 @@ def file_stem(name: str, limit: int = 40) -> str:
     return stem[:limit].rstrip("._-")
 
 
+def _short(name: str, limit: int = 48) -> str:
+    """A row label a screen can show: a long prompt is cut (the summary prints it whole)."""
+    return name if len(name) <= limit else name[: limit - 3].rstrip() + "..."
+
+
 def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int, out: Path,
                     columns: int = GRID_COLUMNS) -> Path:
     """A grid with per_class images of each row name, wrapped at ``columns`` images a row; each
@@ -347,7 +352,7 @@ def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int,
         block = samples[r * per_class : (r + 1) * per_class]
         padded += [block, blank.expand(lines * wide - len(block), *blank.shape[1:])]
     picture = images.grid(torch.cat(padded), nrow=wide)
-    labels = [name if i == 0 else "" for name in row_names for i in range(lines)]
+    labels = [_short(name) if i == 0 else "" for name in row_names for i in range(lines)]
     return images.save(images.with_row_labels(picture, labels, picture.height // len(labels)), out)
 
 
