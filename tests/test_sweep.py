@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from test_cli import TINY_LDM, ok, recipe, vd
+from test_text_ldm import TINY_TEXT
 from vdcli import images
 from vdcli.checkpoint import load_checkpoint
 from vdcli.data import load_input
@@ -26,10 +27,11 @@ def runs(tmp_path_factory):
         mp.setenv("VD_DATA_ROOT", str(root / "data"))
         torch.manual_seed(0)
         ok("train-ldm", recipe(root, "c", "ldm"), *TINY_LDM, "--quiet")
+        ok("train-ldm", recipe(root, "t", "ldm"), *TINY_LDM, *TINY_TEXT, "--quiet")
         (root / "cn.yaml").write_text(f"kind: controlnet\nbase: {root}/runs/c/latest\ncontrol: edges\n")
         ok("train-controlnet", root / "cn.yaml", "--set", "train.steps=4", "--set", "train.batch_size=16",
            "--set", "train.eval_every=4", "--quiet")
-    return {"ldm": root / "runs" / "c" / "latest", "cn": root / "runs" / "cn" / "latest", "data": root / "data"}
+    return {"ldm": root / "runs" / "c" / "latest", "text": root / "runs" / "t" / "latest", "cn": root / "runs" / "cn" / "latest", "data": root / "data"}
 
 
 @pytest.fixture
@@ -96,6 +98,21 @@ def test_strength_and_control_scale_are_axes_too(runs, ldm, tmp_path):
        "--guidance", 3, "--control-scale", 0, "--out", tmp_path / "c")
     assert all(torch.equal(grid[i, 0], written(tmp_path / "c" / "images" / f"control0_{i}.png")) for i in range(2))
     assert not torch.equal(grid[:, 0], grid[:, 1])
+
+
+def test_prompt_is_an_axis_of_a_text_model(runs, tmp_path, monkeypatch):
+    text = load_ldm(load_checkpoint(runs["text"] / "checkpoint.safetensors"), torch.device("cpu"))
+    asked, cell = [], sweeps.cell
+    with monkeypatch.context() as m:
+        m.setattr(sweeps, "cell", lambda ldm, p, **where: asked.append(p.requests) or cell(ldm, p, **where))
+        grid = sweeps.sweep(text, [sweeps.Axis("prompt", ["a disk", "a square"])], plain(["a disk"]))
+    # the tiny text model barely reads its prompt, so the columns may look alike: what each column asked is checked
+    assert grid.shape[:2] == (2, 2) and asked == [["a disk"], ["a square"]]
+    ok("sample", "--checkpoint", runs["text"], "--prompt", "a square", "--n", 2, "--steps", 3, "--guidance", 3,
+       "--out", tmp_path / "p")
+    assert all(torch.equal(grid[i, 1], written(tmp_path / "p" / "images" / f"a_square_{i}.png")) for i in range(2))
+    ok("sample", "--checkpoint", runs["text"], "--sweep", "prompt=a disk,a square", "--steps", 3, "--out", tmp_path / "s")
+    assert images.read_meta(tmp_path / "s" / "sweep.png")["sweep"] == ["prompt=a disk,a square"]
 
 
 def test_the_cli_writes_a_labelled_sweep_that_remembers_itself(runs, ldm, tmp_path):

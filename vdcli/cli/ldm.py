@@ -236,8 +236,9 @@ def _sample(*, given, checkpoint, sampler, spacing, steps, eta, guidance, class_
     for axis in axes:
         if axis.key == "guidance":  # the w plain sampling would use (an unconditional model without a guide: 1)
             axis.values = [model.request(class_, v, prompt, negative_prompt, single=init is not None)[2] for v in axis.values]
-    for text in swept.get("prompt", []):  # each swept prompt is checked (a text model, known words) before any sampling
-        model.request(None, guidance, [text], negative_prompt, single=True)
+    for axis in axes:
+        if axis.key == "prompt":  # each checked (a text model, known words) before any sampling, and read as --prompt reads it
+            axis.values = [model.request(None, guidance, [text], negative_prompt, single=True)[0][0] for text in axis.values]
     samplers = swept.get("sampler", [sampler])
     if (eta is not None or "eta" in swept) and any(s != "ddim" for s in samplers):
         other = next(s for s in samplers if s != "ddim")
@@ -254,6 +255,10 @@ def _sample(*, given, checkpoint, sampler, spacing, steps, eta, guidance, class_
     spacing = spacing or model.defaults.spacing
     how = (f"{sampler.upper()} {steps} steps{f', {spacing} spacing' if spacing else ''}{f', eta {eta:g}' if sampler == 'ddim' else ''}, "
            f"{kind} {w:g}, seed {seed}{', compiled (the time includes the compile)' if compile else ''}")
+    if axes:  # the summary names only what is held fixed
+        held = {"sampler": sampler.upper(), "steps": f"{steps} steps", "eta": f"eta {eta:g}" if sampler == "ddim" else None,
+                "guidance": f"{kind} {w:g}", "seed": f"seed {seed}"}
+        how = ", ".join(v for k, v in held.items() if v and k not in swept and not (k == "steps" and "sampler" in swept and plain_steps is None))
     options = dict(sampler=sampler, steps=steps, eta=eta, guidance=w, spacing=spacing)
     is_ldm = controlled is None
     meta = dict(made_by="sample", checkpoint=str(ckpt.path) if is_ldm else None, controlnet=None if is_ldm else str(ckpt.path),
@@ -302,7 +307,7 @@ def _sample_sweep(model, controlled, maps, ckpt, axes, requests, names, n, batch
     written = sweeps.save_sweep(grid, axes, names, n, out, meta)
     say(f"using {found}",
         f"[bold]sweep of {' x '.join(f'{a.key} ({len(a.values)})' for a in axes)}: {grid.shape[0]} x {grid.shape[1]} images[/] "
-        f"({', '.join(names)}; otherwise {how}) in {duration(seconds)}",
+        f"({', '.join(names)}; {how}) in {duration(seconds)}",
         f"wrote {written}")
 
 
