@@ -2,8 +2,7 @@
 ``vd sample`` with the cell's options makes its images (the same seed, the same initial draw), so
 the cell matching a plain sample is that sample, bit for bit, and equal values give equal cells."""
 
-from pathlib import Path
-
+import numpy
 import pytest
 import torch
 from PIL import Image
@@ -43,7 +42,7 @@ def ldm(runs, monkeypatch):
 def written(path) -> torch.Tensor:
     """A PNG vd wrote, back as uint8 [C, H, W]."""
     with Image.open(path) as image:
-        return torch.from_numpy(__import__("numpy").array(image.convert("L")))[None]
+        return torch.from_numpy(numpy.array(image.convert("L")))[None]
 
 
 def plain(requests, **options) -> sweeps.Plain:

@@ -242,8 +242,8 @@ def _sample(*, given, checkpoint, sampler, spacing, steps, eta, guidance, class_
     samplers = swept.get("sampler", [sampler])
     if (eta is not None or "eta" in swept) and any(s != "ddim" for s in samplers):
         other = next(s for s in samplers if s != "ddim")
-        raise VdError(f"--eta: only the ddim sampler takes eta ({other} is {'stochastic' if other == 'ddpm' else 'deterministic'} by construction)")
-    if len(axes) == 2 and (len(requests) > 1 or n > 1):
+        raise VdError(f"{f'--eta {eta:g}' if eta is not None else '--sweep eta'}: only the ddim sampler takes eta ({other} is {'stochastic' if other == 'ddpm' else 'deterministic'} by construction)")
+    if len(axes) == 2 and ((len(requests) > 1 and "prompt" not in swept) or n > 1):  # a prompt axis is the one request
         raise VdError("--sweep twice: one image per cell; give one --class or --prompt and --n 1 (or sweep one key)")
     eta = eta if eta is not None else (model.defaults.eta if sampler == "ddim" else 0.0)
     unconditional = model.conditioning.is_null(requests, None if negative_prompt is None else [negative_prompt])
