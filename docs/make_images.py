@@ -1,6 +1,7 @@
 """Regenerate the README's pictures from trained runs, with the same commands a reader would type.
 
     VD_DATA_ROOT=../shared/datasets python docs/make_images.py [--ldm bench/runs/mnist_latent/latest] [--vit RUN] [--text RUN] [--controlnet RUN]
+    VD_DATA_ROOT=../shared/datasets python docs/make_images.py --ldm RUN --sweeps-only   # only the sweep grids
 
 Each picture is written by a `vd` command into a scratch folder and copied into docs/. Pictures
 whose run is not given (the ViT's attention map and confusion matrix need `--vit`) are left as
@@ -59,14 +60,30 @@ def autoguidance(ldm_run: str, out: Path, n: int = 12) -> None:
     images.save(images.with_row_labels(picture, ["alone (w = 1)", "", f"autoguided (w = {w:g})", ""], picture.height // 4), out)
 
 
+def sweeps(ldm_run: str, scratch: Path) -> None:
+    """The sweep grids (vd sample --sweep): what guidance w does at each number of steps, and how the
+    samplers converge with steps, on one digit from one noise; every cell is a plain vd sample."""
+    vd("sample", "--checkpoint", ldm_run, "--class", "7", "--sampler", "ddim", "--sweep", "guidance=1,2,3,5,8",
+       "--sweep", "steps=5,10,20,50", "--out", str(scratch / "sweep_guidance"))
+    shutil.copy(scratch / "sweep_guidance" / "sweep.png", DOCS / "sweep_guidance_steps.png")
+    vd("sample", "--checkpoint", ldm_run, "--class", "7", "--sweep", "sampler=ddim,dpmpp-2m,euler-a,ddpm",
+       "--sweep", "steps=5,10,20,50", "--out", str(scratch / "sweep_samplers"))
+    shutil.copy(scratch / "sweep_samplers" / "sweep.png", DOCS / "sweep_sampler_steps.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", default="bench/runs/mnist_latent/latest")
     parser.add_argument("--vit", default=None)
     parser.add_argument("--text", default=None, help="a text LDM run (recipes/mnist_text.yaml)")
     parser.add_argument("--controlnet", default=None, help="a ControlNet run (recipes/mnist_controlnet.yaml)")
+    parser.add_argument("--sweeps-only", action="store_true", help="draw only the sweep grids of --ldm")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="vd-docs-"))
+    if args.sweeps_only:
+        sweeps(args.ldm, scratch)
+        print(f"wrote docs/sweep_guidance_steps.png and docs/sweep_sampler_steps.png (scratch files in {scratch})")
+        return
 
     vd("patchify", "mnist:test:0", "--patch", "4", "--out", str(scratch / "patchify"))
     shutil.copy(scratch / "patchify" / "grid.png", DOCS / "patchify_grid.png")
@@ -88,6 +105,7 @@ def main() -> None:
     shutil.copy(scratch / "diffuse" / "schedule.png", DOCS / "schedule.png")
     latent_map(args.ldm, DOCS / "latent_map.png")  # what train-vae draws, for the LDM's own VAE
     autoguidance(args.ldm, DOCS / "autoguidance.png")
+    sweeps(args.ldm, scratch)
     if args.text:
         vd("sample", "--checkpoint", args.text, "--prompt", "a bold seven", "--prompt", "a thin seven",
            "--prompt", "a 2 leaning left", "--prompt", "a 2 leaning right", "--prompt", "a small eight",

@@ -79,5 +79,9 @@ def interpolate_cmd(
         model = ldm.load_ldm(ckpt, where)
         check_steps(steps, model.schedule.T)
         result, how = ldm.interpolate(model, xa, xb, frames, steps), f"slerp between DDIM-{steps} inversions"
-    files = vae.write_interpolation(result, out, fps)
+    from vdcli.images import file_hash
+
+    made = dict(made_by="interpolate", checkpoint=str(path), checkpoint_sha256=file_hash(path), a=a, b=b, frames=frames,
+                mode=mode if ckpt.kind == "vae" else None, steps=steps if ckpt.kind == "ldm" else None)
+    files = vae.write_interpolation(result, out, fps, made)
     say(f"using {found}", f"{what_a} -> {what_b}: {frames} frames ({how})", f"wrote {', '.join(str(p) for p in files)}")

@@ -122,9 +122,13 @@ def control_grid(model: ControlledLDM, maps: list[torch.Tensor], requests: list,
     return torch.stack(rows)
 
 
-def save_control_grid(samples: torch.Tensor, maps: list[torch.Tensor], names: list[str], columns: list[str], out: Path) -> list[Path]:
+def save_control_grid(samples: torch.Tensor, maps: list[torch.Tensor], names: list[str], columns: list[str], out: Path,
+                      meta: dict | None = None) -> list[Path]:
     """grid.png: per row (named by ``names``) the control map, then its samples (named by ``columns``);
-    and every image under images/."""
+    and every image under images/, each PNG carrying ``meta`` (``images.save``)."""
+    def about(file: str, **more):
+        return None if meta is None else {**meta, "file": file, **more}
+
     out.mkdir(parents=True, exist_ok=True)
     channels, per_row = samples.shape[2], samples.shape[1]
     rows = torch.cat([torch.cat([m.expand(channels, -1, -1)[None], s]) for m, s in zip(maps, samples)])
@@ -132,11 +136,12 @@ def save_control_grid(samples: torch.Tensor, maps: list[torch.Tensor], names: li
     labelled = images.with_row_labels(picture, [Path(x).name for x in names], picture.height // len(maps))
     labelled = images.with_column_labels(labelled, ["the map", *columns], picture.width // (per_row + 1),
                                          left=labelled.width - picture.width)
-    written = [images.save(labelled, out / "grid.png")]
+    written = [images.save(labelled, out / "grid.png", about("grid.png"))]
     (out / "images").mkdir(exist_ok=True)
     for r, row in enumerate(samples):
         for i, image in enumerate(row):
-            images.save(images.to_pil(image), out / "images" / f"control{r}_{i}.png")
+            images.save(images.to_pil(image), out / "images" / f"control{r}_{i}.png",
+                        about(f"images/control{r}_{i}.png", image=columns[i], control_map=names[r]))
     return written + [out / "images"]
 
 

@@ -340,8 +340,14 @@ def _short(name: str, limit: int = 48) -> str:
     return name if len(name) <= limit else name[: limit - 3].rstrip() + "..."
 
 
+def _meta(meta: dict | None, file: str, **more) -> dict | None:
+    """The parameters a written file carries: the command's ``meta``, which file of its output this
+    is, and what is particular to it (``images.save`` adds the vd version and command line)."""
+    return None if meta is None else {**meta, "file": file, **more}
+
+
 def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int, out: Path,
-                    columns: int = GRID_COLUMNS) -> Path:
+                    columns: int = GRID_COLUMNS, meta: dict | None = None) -> Path:
     """A grid with per_class images of each row name, wrapped at ``columns`` images a row; each
     name labels the first row of its images."""
     wide = min(per_class, columns)
@@ -353,18 +359,19 @@ def save_class_grid(samples: torch.Tensor, row_names: list[str], per_class: int,
         padded += [block, blank.expand(lines * wide - len(block), *blank.shape[1:])]
     picture = images.grid(torch.cat(padded), nrow=wide)
     labels = [_short(name) if i == 0 else "" for name in row_names for i in range(lines)]
-    return images.save(images.with_row_labels(picture, labels, picture.height // len(labels)), out)
+    return images.save(images.with_row_labels(picture, labels, picture.height // len(labels)), out, _meta(meta, Path(out).name))
 
 
 def save_samples(samples: torch.Tensor, names: list[str], per_row: int, out: Path,
-                 frames: list[torch.Tensor] | None = None) -> list[Path]:
+                 frames: list[torch.Tensor] | None = None, meta: dict | None = None) -> list[Path]:
     """grid.png (a row per name), every image under images/ (``<name>_<i>.png``), and with the
-    trajectory's ``frames`` trajectory.gif."""
+    trajectory's ``frames`` trajectory.gif. Each PNG carries ``meta`` (``images.save``)."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [save_class_grid(samples, names, per_row, out / "grid.png")]
+    written = [save_class_grid(samples, names, per_row, out / "grid.png", meta=meta)]
     (out / "images").mkdir(exist_ok=True)
     for k, image in enumerate(samples):
-        images.save(images.to_pil(image), out / "images" / f"{file_stem(names[k // per_row])}_{k % per_row}.png")
+        name = f"{file_stem(names[k // per_row])}_{k % per_row}.png"
+        images.save(images.to_pil(image), out / "images" / name, _meta(meta, f"images/{name}", image=names[k // per_row]))
     written.append(out / "images")
     if frames:
         shown = min(8, per_row)
@@ -373,24 +380,30 @@ def save_samples(samples: torch.Tensor, names: list[str], per_row: int, out: Pat
     return written
 
 
-def save_image_to_image(image: torch.Tensor, made: torch.Tensor, strengths: list[float], out: Path) -> list[Path]:
+def save_image_to_image(image: torch.Tensor, made: torch.Tensor, strengths: list[float], out: Path,
+                        meta: dict | None = None) -> list[Path]:
     """grid.png: per row the input, then one column per strength; and every image under images/."""
     n, k = made.shape[:2]
     out.mkdir(parents=True, exist_ok=True)
     rows = torch.cat([image.expand(n, 1, *image.shape), made], dim=1).flatten(0, 1)  # (n · (k + 1), C, H, W)
     picture = images.grid(rows, nrow=k + 1)
     labels = ["input"] + [f"strength {x:g}" for x in strengths]
-    written = [images.save(images.with_column_labels(picture, labels, picture.width // (k + 1)), out / "grid.png")]
+    written = [images.save(images.with_column_labels(picture, labels, picture.width // (k + 1)), out / "grid.png",
+                           _meta(meta, "grid.png"))]
     (out / "images").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         for j, x in enumerate(strengths):
-            images.save(images.to_pil(made[i, j]), out / "images" / f"strength{x:g}_{i}.png")
+            images.save(images.to_pil(made[i, j]), out / "images" / f"strength{x:g}_{i}.png",
+                        _meta(meta, f"images/strength{x:g}_{i}.png", image_strength=x))
     return written + [out / "images"]
 
 
-def save_inpainting(image: torch.Tensor, region: torch.Tensor, filled: torch.Tensor, out: Path) -> list[Path]:
+def save_inpainting(image: torch.Tensor, region: torch.Tensor, filled: torch.Tensor, out: Path,
+                    meta: dict | None = None) -> list[Path]:
     """inpaint.png (the image, the masked image, then each filling) and each filling as inpaint_<i>.png."""
     out.mkdir(parents=True, exist_ok=True)
     masked = torch.where(region[None], torch.full_like(image, 128), image)
-    written = [images.save(images.grid(torch.cat([image[None], masked[None], filled]), nrow=len(filled) + 2), out / "inpaint.png")]
-    return written + [images.save(images.to_pil(x), out / f"inpaint_{i}.png") for i, x in enumerate(filled)]
+    written = [images.save(images.grid(torch.cat([image[None], masked[None], filled]), nrow=len(filled) + 2), out / "inpaint.png",
+                           _meta(meta, "inpaint.png"))]
+    return written + [images.save(images.to_pil(x), out / f"inpaint_{i}.png", _meta(meta, f"inpaint_{i}.png"))
+                      for i, x in enumerate(filled)]

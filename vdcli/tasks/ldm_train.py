@@ -113,7 +113,10 @@ def train(recipe: LDMRecipe, run: Run, *, device: torch.device, data_root=None, 
         options = dict(sampler=recipe.sample.sampler, steps=recipe.sample.steps, eta=recipe.sample.eta)
         rows = [class_grid(ldm, shown, 8, seed=0, guidance=recipe.sample.guidance, **options)[0]] if shown else []
         rows.append(class_grid(ldm, unconditional, 8, seed=0, guidance=ldm.autoguidance(None), **options)[0])
-        save_class_grid(torch.cat(rows), names, 8, run.dir / f"samples_{step:06d}.png")
+        made = dict(made_by="train-ldm", run=str(run.dir), step=step, rows=names, n=8, seed=0, sampler=recipe.sample.sampler,
+                    steps=recipe.sample.steps, eta=recipe.sample.eta, guidance=recipe.sample.guidance,
+                    autoguidance=ldm.autoguidance(None))  # the EMA weights of this step (no file to hash yet)
+        save_class_grid(torch.cat(rows), names, 8, run.dir / f"samples_{step:06d}.png", meta=made)
         return {"sample_seconds": time.perf_counter() - t0}
 
     pictures = [run.dir / "forward_process.png", run.dir / "schedule.png"]

@@ -191,11 +191,13 @@ def interpolate(vae: AutoencoderKL, a: torch.Tensor, b: torch.Tensor, frames: in
     return Interpolation(to_uint8(blend.cpu()), to_uint8(vae.decode(path).cpu()))
 
 
-def write_interpolation(result: Interpolation, out: Path, fps: float) -> list[Path]:
-    """interpolation.png (row 1 pixels, row 2 latents) and interpolation.gif (both, side by side)."""
+def write_interpolation(result: Interpolation, out: Path, fps: float, meta: dict | None = None) -> list[Path]:
+    """interpolation.png (row 1 pixels, row 2 latents; carrying ``meta``, ``images.save``) and
+    interpolation.gif (both, side by side)."""
     frames = len(result.pixels)
     picture = images.grid(torch.cat([result.pixels, result.latents]), nrow=frames)
-    png = images.save(images.with_row_labels(picture, ["pixel blend", "latent path"], picture.height // 2), out / "interpolation.png")
+    png = images.save(images.with_row_labels(picture, ["pixel blend", "latent path"], picture.height // 2), out / "interpolation.png",
+                      None if meta is None else {**meta, "file": "interpolation.png"})
     gif_frames = [images.grid(torch.stack([p, q]), nrow=2, pad=4) for p, q in zip(result.pixels, result.latents)]
     gif = images.save_gif(gif_frames, out / "interpolation.gif", fps=fps)
     return [png, gif]
