@@ -195,7 +195,9 @@ def train(recipe: ControlNetRecipe, run: Run, *, device: torch.device, data_root
         channels = rows[0].shape[1]
         picture = images.grid(torch.cat([torch.cat([m.expand(channels, -1, -1)[None], r]) for m, r in zip(shown_maps, rows)]), nrow=9)
         names = [f"{recipe.control} of {base.classes[int(test_set.labels[i])]}" for i in shown]
-        images.save(images.with_row_labels(picture, names, picture.height // len(names)), run.dir / f"samples_{step:06d}.png")
+        made = dict(made_by="train-controlnet", run=str(run.dir), step=step, control=recipe.control, rows=names, n=8, seed=0,
+                    sampler=defaults.sampler, steps=defaults.steps, eta=defaults.eta, guidance=defaults.guidance)
+        images.save(images.with_row_labels(picture, names, picture.height // len(names)), run.dir / f"samples_{step:06d}.png", made)
         return {"sample_seconds": time.perf_counter() - t0}
 
     meta = {"base": base_meta, "control": recipe.control, "data": base_meta["data"], "recipe": recipe.model_dump(mode="json"),

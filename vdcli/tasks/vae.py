@@ -128,7 +128,8 @@ def show_reconstructions(vae: AutoencoderKL, data: ImageSet, device, out: Path, 
     recon = to_uint8(vae.decode(vae.encode(to_float(x.to(device)))[0]).cpu())
     rows = torch.cat([x[:n], recon[:n], x[n:], recon[n:]])
     picture = images.grid(rows, nrow=n)
-    return images.save(images.with_row_labels(picture, ["original", "decoded"] * 2, picture.height // 4), out)
+    made = {"made_by": "train-vae", "file": Path(out).name, "images": "the first test images, then their reconstructions", "n": 2 * n}
+    return images.save(images.with_row_labels(picture, ["original", "decoded"] * 2, picture.height // 4), out, made)
 
 
 @torch.no_grad()
@@ -136,7 +137,9 @@ def show_samples(vae: AutoencoderKL, scale: float, device, out: Path, seed: int 
     """Decode latents drawn from the prior N(0, I) (in the scaled space)."""
     g = torch.Generator().manual_seed(seed)
     z = torch.randn((n, *vae.latent_shape), generator=g).to(device) / scale
-    return images.save(images.grid(to_uint8(vae.decode(z).cpu()), nrow=16), out)
+    made = {"made_by": "train-vae", "file": Path(out).name, "images": "decoded draws of N(0, I) / scale", "seed": seed,
+            "scale_factor": scale, "n": n}
+    return images.save(images.grid(to_uint8(vae.decode(z).cpu()), nrow=16), out, made)
 
 
 @torch.no_grad()
