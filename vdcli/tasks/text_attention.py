@@ -50,7 +50,7 @@ def load_text_tower(ckpt: Checkpoint, device: torch.device) -> TextEncoder:
     """The CLIP text tower and tokenizer of a CLIP checkpoint or a text LDM; anything else is refused in one line."""
     if ckpt.kind == "clip":
         return load_text_encoder(ckpt, device)
-    if ckpt.kind == "ldm" and ckpt.meta.get("conditioning") == "text":
+    if ckpt.kind == "ldm" and ckpt.has("clip"):  # a text LDM carries its CLIP
         return load_text_encoder(ckpt, device, prefix="clip")
     what = KINDS[ckpt.kind]
     if ckpt.kind == "ldm":
