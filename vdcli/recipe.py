@@ -76,7 +76,9 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, lt=2**32)  # initial weights, batch order and every random draw of step s depend on (seed, s) only
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable on CUDA too, slower
     compile: bool = False  # torch.compile the network the loss runs through; pays a compile of minutes first (bench/RESULTS.md)
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(128, gt=0)  # the global batch of one optimiser step, over every process
+    # Gradient accumulation (accumulate.py): the rows that go through the network at a time; None: the whole per-process batch
+    micro_batch: int | None = Field(None, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(100, ge=0)
@@ -85,6 +87,12 @@ class TrainConfig(Section):
     log_every: int = Field(50, gt=0)
     eval_every: int = Field(500, gt=0)
     checkpoint_every: int = Field(500, gt=0)
+
+    @model_validator(mode="after")
+    def _micro_batch_divides(self) -> TrainConfig:
+        if self.micro_batch and self.batch_size % self.micro_batch:
+            raise ValueError(f"train.micro_batch {self.micro_batch} does not divide train.batch_size {self.batch_size}; use a divisor of it")
+        return self
 
 
 class ViTTrainConfig(TrainConfig):
@@ -105,6 +113,13 @@ class LDMTrainConfig(TrainConfig):
 class CLIPTrainConfig(TrainConfig):
     shift: int = Field(1, ge=0)  # training images move by up to this many pixels (the captions' attributes do not change)
     eval_images: int = Field(2000, gt=0)  # test images scored at the periodic evaluations (all of them at the end)
+
+    @model_validator(mode="after")
+    def _no_micro_batch(self) -> CLIPTrainConfig:
+        if self.micro_batch:  # each image's negatives are the batch's other captions: split, the loss is another one
+            raise ValueError("train.micro_batch: CLIP's contrastive loss compares every image with every caption of the batch, "
+                             "so it cannot be accumulated over micro-batches; remove it")
+        return self
 
 
 class SampleConfig(Section):

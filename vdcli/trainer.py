@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vdcli import distributed
+from vdcli.accumulate import micro_batches, whole_batch_draws
 from vdcli.checkpoint import load_checkpoint, load_train_state, read_header, save_resumable
 from vdcli.device import autocast, compiled, prepare
 from vdcli.errors import VdError
@@ -242,11 +243,15 @@ def fit(
     prepare(model, device, compiled=cfg.compile)
     rank, world = distributed.rank(), distributed.world_size()
     net = model  # what loss_fn calls: under torchrun, the DDP wrapper that averages gradients over the ranks
+    ddp = None  # the DDP wrapper, whose no_sync() skips the all-reduce of all but a step's last micro-batch
     if world > 1:
         if cfg.batch_size % world:
             raise VdError(f"train.batch_size {cfg.batch_size} is the global batch and does not split evenly over {world} processes; "
                           f"use a multiple of {world}")
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.micro_batch and (cfg.batch_size // world) % cfg.micro_batch:
+            raise VdError(f"train.micro_batch {cfg.micro_batch} does not divide the per-process batch {cfg.batch_size // world} "
+                          f"(train.batch_size {cfg.batch_size} over {world} processes); use a divisor of it")
+        net = ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         quiet = quiet or rank > 0
     if cfg.compile:  # the wrapper only runs the loss; ``model`` is what is saved, so no ``_orig_mod.`` in the keys
         net = compiled(net)
@@ -293,10 +298,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
-            with autocast(device):
-                loss, logs = loss_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logs = _accumulate(net, ddp, loss_fn, batch, cfg.micro_batch, device, seed * 1_000_003 + step + rank * 1_000_000_007)
             if cfg.grad_clip:
                 clip_gradients(model, cfg.grad_clip)
             mark.updating()  # from here to mark.done the weights are neither step - 1's nor step's
@@ -409,6 +412,32 @@ def _read_loss(watch: LossWatch, stop: StopFlag, world: int, since: int, step: i
         raise VdError(f"the loss became {bad_loss if world == 1 else 'nan or inf'} {where}; "
                       f"lower train.lr (now {cfg.lr:g}) or raise train.warmup_steps")
     return loss_value, stopping
+
+
+def _accumulate(net: nn.Module, ddp: nn.Module | None, loss_fn: LossFn, batch: tuple[torch.Tensor, ...], micro: int | None,
+                device: torch.device, step_seed: int) -> tuple[torch.Tensor, dict]:
+    """Forward and backward of one step's batch, in micro-batches of ``micro`` rows (``accumulate.py``):
+    each micro-batch's loss scaled by its share of the rows, so the gradients summed in ``.grad`` are
+    the whole batch's; DDP all-reduces only at the last one. Returns the batch's loss and logs."""
+    rows = len(batch[0])
+    parts = micro_batches(rows, micro)
+    total, logs = None, {}
+    for i, part in enumerate(parts):
+        if len(parts) > 1:  # every micro-batch replays the step's draws from the start and keeps its own rows of them
+            torch.manual_seed(step_seed)
+        last = i == len(parts) - 1
+        sync = contextlib.nullcontext() if last or ddp is None else ddp.no_sync()
+        share = (part.stop - part.start) / rows
+        with sync:
+            with autocast(device), whole_batch_draws(part, rows):
+                loss, part_logs = loss_fn(net, tuple(t[part] for t in batch))
+            (loss * share if len(parts) > 1 else loss).backward()
+        if len(parts) == 1:
+            return loss, part_logs
+        total = loss.detach() * share if total is None else total + loss.detach() * share
+        for k, v in part_logs.items():  # the batch's mean of a logged mean
+            logs[k] = logs.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v) * share
+    return total, logs
 
 
 def _floats(logs: dict) -> dict:
