@@ -31,6 +31,7 @@ from vdcli.models.vit import ViTConfig
 from vdcli.recipe_errors import blame, conflicts, explain, key_lines
 from vdcli.recipe_errors import denoiser_conflicts  # noqa: F401 (tasks/stages.py checks a named VAE's latent grid with it)
 from vdcli.samplers import Spacing
+from vdcli.tracking import check_installed
 
 # The one list of dataset names: data.py builds its references (mnist:test:42) from it.
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "folder", "synthetic"]
@@ -87,9 +88,11 @@ class TrainConfig(Section):
     log_every: int = Field(50, gt=0)
     eval_every: int = Field(500, gt=0)
     checkpoint_every: int = Field(500, gt=0)
+    log_to: Literal["tensorboard"] | None = None  # also write the scalars and sample grids for TensorBoard (tracking.py)
 
     @model_validator(mode="after")
-    def _micro_batch_divides(self) -> TrainConfig:
+    def _consistent(self) -> TrainConfig:
+        check_installed(self.log_to)
         if self.micro_batch and self.batch_size % self.micro_batch:
             raise ValueError(f"train.micro_batch {self.micro_batch} does not divide train.batch_size {self.batch_size}; use a divisor of it")
         return self

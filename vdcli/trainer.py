@@ -46,6 +46,7 @@ from vdcli.progress import Reporter, format_metrics
 from vdcli.recipe import TrainConfig
 from vdcli.runs import Run
 from vdcli.streaming import Column, step_batches
+from vdcli.tracking import pictures, tracker, written
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module, int], "dict[str, float] | None"]
@@ -286,6 +287,8 @@ def fit(
     batches = step_batches(data, order, start, cfg.steps, rank, world, device)  # streamed columns: read ahead by workers
 
     t0 = time.perf_counter()
+    track = tracker(cfg.log_to, run.dir, rank)
+    since, items = t0, 0  # images/s over the steps since the last log line
     with stop, SaveOnError(save, watch, model, run.checkpoint, start) as mark, \
             Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
             open(run.metrics if rank == 0 else os.devnull, "a") as log:
@@ -321,18 +324,26 @@ def fit(
                 loss_value, stopping = _read_loss(watch, stop, world, read_from, step, cfg)
                 read_from = step + 1
             report.update(step, items=len(rows) * world, loss=loss_value)
+            items += len(rows) * world
             if logging:
                 log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **_floats(logs)}) + "\n")
                 log.flush()
+                now = time.perf_counter()
+                track.scalars("train", {"loss": loss_value, "lr": lr, "images_per_second": items / max(now - since, 1e-9),
+                                        **_floats(logs)}, step)
+                since, items = now, 0
             if evaluations and evaluating and rank == 0:
                 eval_model = ema.model if ema else model
                 eval_model.eval()
                 metrics = {}
+                before = pictures(run.dir)
                 with torch.no_grad(), autocast(device):
                     for evaluation in evaluations:
                         metrics.update(evaluation(eval_model, step) or {})
                 log.write(json.dumps({"step": step, "eval": metrics}) + "\n")
                 log.flush()
+                track.scalars("eval", metrics, step)
+                track.images(written(before, pictures(run.dir)), step)
                 report.print(f"step {step}: {format_metrics(metrics)}")
             if saving:
                 save(step)
@@ -340,6 +351,7 @@ def fit(
                 save(step)
                 distributed.barrier()
                 raise TrainingInterrupted(f"interrupted at step {step}/{cfg.steps}; saved {run.checkpoint}")
+    track.close()
     if rank == 0:
         loss_curve(run.metrics, run.dir / "loss.png")
     distributed.barrier()  # the checkpoint is on disk before any rank reads it back

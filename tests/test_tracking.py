@@ -1,0 +1,75 @@
+"""Experiment tracking: TensorBoard's event file holds what the run logged; vd runs compare draws runs together."""
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vdcli import tracking
+from vdcli.recipe import TrainConfig
+from vdcli.runs import new_run
+from vdcli.trainer import fit
+
+CPU = torch.device("cpu")
+needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra")
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g)
+    return x, (x[:, :3].sum(1) > 0).long()
+
+
+def loss_fn(model, batch):
+    x, y = batch
+    return torch.nn.functional.cross_entropy(model(x), y), {"extra": torch.tensor(0.5)}
+
+
+def train(tmp_path, name="a", **cfg):
+    cfg = TrainConfig(steps=10, batch_size=16, lr=1e-2, warmup_steps=2, log_every=5, eval_every=5, checkpoint_every=10, **cfg)
+    run = new_run(tmp_path / "runs", name)
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 2))
+
+    def evaluate(model, step):  # as the tasks' evaluations do: a metric and a sample grid on disk
+        Image.new("RGB", (12, 8), (step * 20, 0, 0)).save(run.dir / f"samples_{step:06d}.png")
+        return {"accuracy": step / 10}
+
+    return fit(model, loss_fn, data(), cfg, run, kind="vit", meta={}, device=CPU, evaluate=evaluate, quiet=True)
+
+
+@needs_tensorboard
+def test_event_file_holds_the_scalars_and_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tmp_path, log_to="tensorboard")
+    events = EventAccumulator(str(result.run.dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "train/images_per_second", "train/extra", "eval/accuracy"} <= set(tags["scalars"])
+    logged = [json.loads(line) for line in result.run.metrics.read_text().splitlines()]
+    losses = {r["step"]: r["loss"] for r in logged if "loss" in r}
+    assert {e.step: e.value for e in events.Scalars("train/loss")} == pytest.approx(losses)
+    assert {e.step: e.value for e in events.Scalars("eval/accuracy")} == pytest.approx({5: 0.5, 10: 1.0})
+    grids = events.Images("images/samples")
+    assert [g.step for g in grids] == [5, 10]  # each evaluation's new grid, at its step
+    assert (grids[0].width, grids[0].height) == (12, 8)
+
+
+def test_without_log_to_nothing_is_written(tmp_path):
+    result = train(tmp_path)
+    assert not (result.run.dir / "tensorboard").exists()
+
+
+def test_missing_package_is_one_line_before_any_work(monkeypatch):
+    monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r'pip install -e "\.\[tensorboard\]"') as e:
+        TrainConfig(log_to="tensorboard")
+    assert "\n" not in str(e.value)
+
+
+def test_other_ranks_write_nothing(tmp_path):
+    assert isinstance(tracking.tracker("tensorboard", tmp_path, rank=1), tracking.NoTracker)
+    assert not (tmp_path / "tensorboard").exists()
