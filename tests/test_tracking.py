@@ -2,17 +2,20 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from vdcli import tracking
-from vdcli.recipe import TrainConfig
+from vdcli.errors import VdError
+from vdcli.recipe import TrainConfig, load_recipe
 from vdcli.runs import new_run
 from vdcli.trainer import fit
 
 CPU = torch.device("cpu")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 needs_tensorboard = pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="the tensorboard extra")
 
 
@@ -65,8 +68,8 @@ def test_without_log_to_nothing_is_written(tmp_path):
 
 def test_missing_package_is_one_line_before_any_work(monkeypatch):
     monkeypatch.setattr(tracking.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ValueError, match=r'pip install -e "\.\[tensorboard\]"') as e:
-        TrainConfig(log_to="tensorboard")
+    with pytest.raises(VdError, match=r'train.log_to: tensorboard needs the tensorboard package.*pip install -e "\.\[tensorboard\]"') as e:
+        load_recipe(RECIPES / "mnist_vit.yaml", "vit", ["train.log_to=tensorboard"])
     assert "\n" not in str(e.value)
 
 
