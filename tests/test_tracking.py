@@ -31,7 +31,8 @@ def loss_fn(model, batch):
 
 
 def train(tmp_path, name="a", **cfg):
-    cfg = TrainConfig(steps=10, batch_size=16, lr=1e-2, warmup_steps=2, log_every=5, eval_every=5, checkpoint_every=10, **cfg)
+    cfg = TrainConfig(**{"steps": 10, "batch_size": 16, "lr": 1e-2, "warmup_steps": 2, "log_every": 5, "eval_every": 5,
+                         "checkpoint_every": 10, **cfg})
     run = new_run(tmp_path / "runs", name)
     torch.manual_seed(1)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 2))
@@ -76,3 +77,29 @@ def test_missing_package_is_one_line_before_any_work(monkeypatch):
 def test_other_ranks_write_nothing(tmp_path):
     assert isinstance(tracking.tracker("tensorboard", tmp_path, rank=1), tracking.NoTracker)
     assert not (tmp_path / "tensorboard").exists()
+
+
+def vd(*args):
+    from typer.testing import CliRunner
+
+    from vdcli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_runs_compare_draws_every_run(tmp_path):
+    a, b = train(tmp_path, "a").run.dir, train(tmp_path, "b", lr=1e-3).run.dir
+    out = tmp_path / "compare.png"
+    result = vd("runs", "compare", a, b / "checkpoint.safetensors", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "2 runs" in result.output
+    picture = Image.open(out)
+    assert picture.height > 2 * picture.width * 3.2 / 7 * 0.9  # the loss axis and one axis for the eval metric
+
+
+def test_runs_compare_refuses_a_bad_path_in_one_line(tmp_path):
+    a = train(tmp_path, "a").run.dir
+    for bad, says in [(tmp_path / "nope", "no such run folder"), (tmp_path, "not a run folder")]:
+        result = vd("runs", "compare", a, bad)
+        assert result.exit_code == 2
+        assert says in result.output and len(result.output.strip().splitlines()) == 1
