@@ -172,6 +172,7 @@ Classifier = Annotated[Union[Annotated[ViTSection, Tag("vit")], Annotated[CNNSec
 
 class ViTRecipe(Section):
     kind: Literal["vit"] = "vit"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     data: DataConfig = DataConfig()
     model: Classifier = ViTSection()
     train: ViTTrainConfig = ViTTrainConfig()
@@ -179,6 +180,7 @@ class ViTRecipe(Section):
 
 class VAERecipe(Section):
     kind: Literal["vae"] = "vae"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     data: DataConfig = DataConfig()
     model: VAEConfig = VAEConfig()
     train: VAETrainConfig = VAETrainConfig()
@@ -186,6 +188,7 @@ class VAERecipe(Section):
 
 class CLIPRecipe(Section):
     kind: Literal["clip"] = "clip"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     data: DataConfig = DataConfig()
     model: CLIPConfig = CLIPConfig()
     train: CLIPTrainConfig = CLIPTrainConfig()
@@ -209,6 +212,7 @@ class VAEStage(Section):
 
 class LDMRecipe(Section):
     kind: Literal["ldm"] = "ldm"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     # class: the denoiser takes a class label (and a null label, for guidance); none: no label at all,
     # for image folders without classes (sampling then takes no --class and no guidance); text: the
     # frozen CLIP text tower's token states, through cross-attention (the clip: stage below)
@@ -230,6 +234,7 @@ class ControlNetRecipe(Section):
     """A ControlNet on a trained LDM: the base is frozen; its data, condition drop rate and sampler are the base's."""
 
     kind: Literal["controlnet"] = "controlnet"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     base: str  # the LDM run folder or checkpoint to control (vd train-ldm)
     control: Control = "scribble"  # vdcli/controls.py
     train: ControlNetTrainConfig = ControlNetTrainConfig()

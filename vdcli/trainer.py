@@ -41,8 +41,9 @@ from vdcli.accumulate import micro_batches, whole_batch_draws
 from vdcli.checkpoint import load_checkpoint, load_train_state, read_header, save_resumable
 from vdcli.device import autocast, compiled, prepare
 from vdcli.errors import VdError
+from vdcli.finetune import init_from
 from vdcli.images import loss_curve
-from vdcli.progress import Reporter, format_metrics
+from vdcli.progress import Reporter, console, format_metrics
 from vdcli.recipe import TrainConfig
 from vdcli.runs import Run
 from vdcli.streaming import Column, step_batches
@@ -256,10 +257,14 @@ def fit(
         quiet = quiet or rank > 0
     if cfg.compile:  # the wrapper only runs the loss; ``model`` is what is saved, so no ``_orig_mod.`` in the keys
         net = compiled(net)
+    source = (meta.get("recipe") or {}).get("init_from")
+    continuing = resume and run.checkpoint.is_file()
+    if source and not continuing:  # fine-tuning: another run's weights, before the EMA copies them and before any step
+        meta = {**meta, "init_from": str(_init_from(model, source, kind, extra, quiet or rank > 0))}
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
-    if resume and run.checkpoint.is_file():
+    if continuing:
         ckpt = load_checkpoint(run.checkpoint, expect=kind)
         model.load_state_dict(ckpt.weights("model"))
         if ema:
@@ -424,6 +429,14 @@ def _read_loss(watch: LossWatch, stop: StopFlag, world: int, since: int, step: i
         raise VdError(f"the loss became {bad_loss if world == 1 else 'nan or inf'} {where}; "
                       f"lower train.lr (now {cfg.lr:g}) or raise train.warmup_steps")
     return loss_value, stopping
+
+
+def _init_from(model: nn.Module, source: str, kind: str, extra: dict | None, quiet: bool):
+    """``finetune.init_from``, saying what it loaded unless quiet; returns the source checkpoint."""
+    path, note = init_from(model, source, kind, extra)
+    if not quiet:
+        console.print(note, soft_wrap=True, highlight=False)
+    return path
 
 
 def _accumulate(net: nn.Module, ddp: nn.Module | None, loss_fn: LossFn, batch: tuple[torch.Tensor, ...], micro: int | None,
