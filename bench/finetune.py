@@ -31,11 +31,10 @@ from safetensors.torch import load_file, save_file
 from vdcli.checkpoint import load_checkpoint
 from vdcli.data import to_float
 from vdcli.images import _pyplot
-from vdcli.recipe import load_recipe
+from vdcli.recipe import ViTRecipe, load_recipe
 from vdcli.runs import find_checkpoint, new_run
 from vdcli.tasks import ldm as tasks_ldm
 from vdcli.tasks import ldm_train, vit
-from vdcli.recipe import ViTRecipe
 
 HERE = Path(os.path.relpath(Path(__file__).parent))
 CPU = torch.device("cpu")
