@@ -62,6 +62,25 @@ def test_event_file_holds_the_scalars_and_grids(tmp_path):
     assert (grids[0].width, grids[0].height) == (12, 8)
 
 
+@needs_tensorboard
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+    """Killed after logging step 8 with its checkpoint at step 5: the resumed run's events replace 6 to 8."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = tracking.tracker("tensorboard", tmp_path, rank=0)
+    for step in range(1, 9):
+        first.scalars("train", {"loss": float(step)}, step)
+    first.close()
+    resumed = tracking.tracker("tensorboard", tmp_path, rank=0, resumed_at=5)
+    for step in range(6, 11):
+        resumed.scalars("train", {"loss": step + 0.5}, step)
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == \
+        [(s, float(s)) for s in range(1, 6)] + [(s, s + 0.5) for s in range(6, 11)]
+
+
 def test_without_log_to_nothing_is_written(tmp_path):
     result = train(tmp_path)
     assert not (result.run.dir / "tensorboard").exists()

@@ -47,12 +47,13 @@ class NoTracker:
 
 
 class TensorBoard(NoTracker):
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, resumed_at: int = 0):
         try:  # imported here: an optional extra, and torch's writer imports tensorboard at import time
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise VdError(f"train.log_to: tensorboard needs the tensorboard package; {INSTALL}") from None
-        self.writer = SummaryWriter(log_dir=str(logdir))
+        # A resumed run drops the events logged after its checkpoint, as metrics.jsonl drops those lines.
+        self.writer = SummaryWriter(log_dir=str(logdir), purge_step=resumed_at + 1 if resumed_at else None)
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         for key, value in values.items():
@@ -71,10 +72,10 @@ class TensorBoard(NoTracker):
         self.writer.close()
 
 
-def tracker(target: str | None, run_dir: Path, rank: int) -> NoTracker:
+def tracker(target: str | None, run_dir: Path, rank: int, resumed_at: int = 0) -> NoTracker:
     if target is None or rank != 0:
         return NoTracker()
-    return TensorBoard(run_dir / "tensorboard")
+    return TensorBoard(run_dir / "tensorboard", resumed_at)
 
 
 def pictures(folder: Path) -> dict[Path, int]:

@@ -292,7 +292,7 @@ def fit(
     batches = step_batches(data, order, start, cfg.steps, rank, world, device)  # streamed columns: read ahead by workers
 
     t0 = time.perf_counter()
-    track = tracker(cfg.log_to, run.dir, rank)
+    track = tracker(cfg.log_to, run.dir, rank, start)
     since, items = t0, 0  # images/s over the steps since the last log line
     with stop, SaveOnError(save, watch, model, run.checkpoint, start) as mark, \
             Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
