@@ -11,6 +11,11 @@ sync that would stall a GPU every step. It is read, and checked for NaN/inf, on 
 log, evaluate or checkpoint, and before a stop saves, so no checkpoint is written from a
 diverged model. ``train.compile`` runs the loss through ``torch.compile``d network.
 
+Also: ``train.micro_batch`` runs a step's batch through the network in micro-batches whose
+gradients sum to the whole batch's, one optimiser step (``accumulate.py``: how a split step keeps
+the unsplit step's random draws); a recipe's ``init_from`` starts the run from another run's
+weights (``finetune.py``); ``train.log_to: tensorboard`` mirrors the logs and grids (``tracking.py``).
+
 Reproducibility: a network's initial weights are drawn inside ``seeded_init(seed, stage)``, from
 (seed, stage) alone; the batch order of epoch e is a permutation seeded by (seed, e); and the
 global RNG is reseeded from (seed, step) before every step. So two fresh runs with one seed start
