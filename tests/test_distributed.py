@@ -78,3 +78,15 @@ def test_sigterm_stops_both_ranks_at_one_step_with_one_checkpoint_and_the_resume
     resumed, straight = load_checkpoint(run / "checkpoint.safetensors"), load_checkpoint(tmp_path / "b" / "t" / "latest" / "checkpoint.safetensors")
     assert resumed.meta["step"] == straight.meta["step"] == 120
     assert all(torch.equal(resumed.tensors[k], straight.tensors[k]) for k in straight.tensors)
+
+
+def test_two_processes_accumulating_micro_batches_log_the_losses_of_one_unsplit_process(tmp_path):
+    """train.micro_batch under torchrun: each rank runs its 16 rows as two micro-batches of 8, all-reducing
+    only after the second (no_sync); the updates are those of one process on the whole batch."""
+    ok("train-vit", recipe(tmp_path, "one"), *TINY_VIT, "--out", tmp_path / "single", "--quiet", "--device", "cpu")
+    torchrun("train-vit", recipe(tmp_path, "one"), *TINY_VIT, "--set", "train.micro_batch=8", "--out", tmp_path / "ddp",
+             "--device", "cpu")
+    single, ddp = losses(tmp_path / "single" / "one" / "latest"), losses(tmp_path / "ddp" / "one" / "latest")
+    assert len(single) == len(ddp) >= 3
+    for a, b in zip(single, ddp):
+        assert abs(a - b) <= 1e-4 * abs(a), (single, ddp)

@@ -334,3 +334,34 @@ def token_attention_image(matrices: list[torch.Tensor], tokens: list[str], title
     axes[0][0].set_ylabel("query: the token reading")
     fig.colorbar(shown, ax=list(axes[0]), fraction=0.03, pad=0.02, label="attention probability")
     return _save_fig(fig, out)
+
+
+def compare_curves(runs: dict[str, Path], out: Path) -> Path:
+    """Several runs' metrics.jsonl in one picture: the training losses on one axis (log scale when
+    every loss is positive), then one axis per numeric evaluation metric any run logged, each run
+    in the same colour on every axis. ``runs`` maps a label to its metrics.jsonl."""
+    logs = {label: [json.loads(line) for line in Path(p).read_text().splitlines() if line.strip()] for label, p in runs.items()}
+    metrics = sorted({k for rows in logs.values() for r in rows for k, v in r.get("eval", {}).items()
+                      if isinstance(v, (int, float)) and not k.endswith("seconds")})  # timings are not quality
+    plt = _pyplot()
+    fig, axes = plt.subplots(1 + len(metrics), 1, figsize=(7, 3.2 * (1 + len(metrics))), dpi=110, squeeze=False)
+    positive = True
+    for i, (label, rows) in enumerate(logs.items()):
+        colour = f"C{i % 10}"
+        points = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+        positive = positive and all(v > 0 for _, v in points)
+        axes[0, 0].plot([s for s, _ in points], [v for _, v in points], label=label, color=colour, linewidth=1.2)
+        for ax, key in zip(axes[1:, 0], metrics):
+            evals = [(r["step"], r["eval"][key]) for r in rows if key in r.get("eval", {})]
+            ax.plot([s for s, _ in evals], [v for _, v in evals], marker="o", markersize=3, label=label, color=colour)
+    axes[0, 0].set_ylabel("training loss")
+    if positive:
+        axes[0, 0].set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    for ax, key in zip(axes[1:, 0], metrics):
+        ax.set_ylabel(key)
+    for ax in axes[:, 0]:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save_fig(fig, out)

@@ -31,6 +31,7 @@ from vdcli.models.vit import ViTConfig
 from vdcli.recipe_errors import blame, conflicts, explain, key_lines
 from vdcli.recipe_errors import denoiser_conflicts  # noqa: F401 (tasks/stages.py checks a named VAE's latent grid with it)
 from vdcli.samplers import Spacing
+from vdcli.tracking import check_installed
 
 # The one list of dataset names: data.py builds its references (mnist:test:42) from it.
 DatasetName = Literal["mnist", "fashion-mnist", "cifar10", "folder", "synthetic"]
@@ -76,7 +77,9 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, lt=2**32)  # initial weights, batch order and every random draw of step s depend on (seed, s) only
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-repeatable on CUDA too, slower
     compile: bool = False  # torch.compile the network the loss runs through; pays a compile of minutes first (bench/RESULTS.md)
-    batch_size: int = Field(128, gt=0)
+    batch_size: int = Field(128, gt=0)  # the global batch of one optimiser step, over every process
+    # Gradient accumulation (accumulate.py): the rows that go through the network at a time; None: the whole per-process batch
+    micro_batch: int | None = Field(None, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_steps: int = Field(100, ge=0)
@@ -85,6 +88,14 @@ class TrainConfig(Section):
     log_every: int = Field(50, gt=0)
     eval_every: int = Field(500, gt=0)
     checkpoint_every: int = Field(500, gt=0)
+    log_to: Literal["tensorboard"] | None = None  # also write the scalars and sample grids for TensorBoard (tracking.py)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        check_installed(self.log_to)
+        if self.micro_batch and self.batch_size % self.micro_batch:
+            raise ValueError(f"train.micro_batch {self.micro_batch} does not divide train.batch_size {self.batch_size}; use a divisor of it")
+        return self
 
 
 class ViTTrainConfig(TrainConfig):
@@ -105,6 +116,13 @@ class LDMTrainConfig(TrainConfig):
 class CLIPTrainConfig(TrainConfig):
     shift: int = Field(1, ge=0)  # training images move by up to this many pixels (the captions' attributes do not change)
     eval_images: int = Field(2000, gt=0)  # test images scored at the periodic evaluations (all of them at the end)
+
+    @model_validator(mode="after")
+    def _no_micro_batch(self) -> CLIPTrainConfig:
+        if self.micro_batch:  # each image's negatives are the batch's other captions: split, the loss is another one
+            raise ValueError("train.micro_batch: CLIP's contrastive loss compares every image with every caption of the batch, "
+                             "so it cannot be accumulated over micro-batches; remove it")
+        return self
 
 
 class SampleConfig(Section):
@@ -154,6 +172,7 @@ Classifier = Annotated[Union[Annotated[ViTSection, Tag("vit")], Annotated[CNNSec
 
 class ViTRecipe(Section):
     kind: Literal["vit"] = "vit"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     data: DataConfig = DataConfig()
     model: Classifier = ViTSection()
     train: ViTTrainConfig = ViTTrainConfig()
@@ -161,6 +180,7 @@ class ViTRecipe(Section):
 
 class VAERecipe(Section):
     kind: Literal["vae"] = "vae"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     data: DataConfig = DataConfig()
     model: VAEConfig = VAEConfig()
     train: VAETrainConfig = VAETrainConfig()
@@ -168,6 +188,7 @@ class VAERecipe(Section):
 
 class CLIPRecipe(Section):
     kind: Literal["clip"] = "clip"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     data: DataConfig = DataConfig()
     model: CLIPConfig = CLIPConfig()
     train: CLIPTrainConfig = CLIPTrainConfig()
@@ -191,6 +212,7 @@ class VAEStage(Section):
 
 class LDMRecipe(Section):
     kind: Literal["ldm"] = "ldm"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     # class: the denoiser takes a class label (and a null label, for guidance); none: no label at all,
     # for image folders without classes (sampling then takes no --class and no guidance); text: the
     # frozen CLIP text tower's token states, through cross-attention (the clip: stage below)
@@ -212,6 +234,7 @@ class ControlNetRecipe(Section):
     """A ControlNet on a trained LDM: the base is frozen; its data, condition drop rate and sampler are the base's."""
 
     kind: Literal["controlnet"] = "controlnet"
+    init_from: str | None = None  # fine-tune: a run folder or checkpoint of this kind whose weights start the run (finetune.py)
     base: str  # the LDM run folder or checkpoint to control (vd train-ldm)
     control: Control = "scribble"  # vdcli/controls.py
     train: ControlNetTrainConfig = ControlNetTrainConfig()

@@ -11,6 +11,11 @@ sync that would stall a GPU every step. It is read, and checked for NaN/inf, on 
 log, evaluate or checkpoint, and before a stop saves, so no checkpoint is written from a
 diverged model. ``train.compile`` runs the loss through ``torch.compile``d network.
 
+Also: ``train.micro_batch`` runs a step's batch through the network in micro-batches whose
+gradients sum to the whole batch's, one optimiser step (``accumulate.py``: how a split step keeps
+the unsplit step's random draws); a recipe's ``init_from`` starts the run from another run's
+weights (``finetune.py``); ``train.log_to: tensorboard`` mirrors the logs and grids (``tracking.py``).
+
 Reproducibility: a network's initial weights are drawn inside ``seeded_init(seed, stage)``, from
 (seed, stage) alone; the batch order of epoch e is a permutation seeded by (seed, e); and the
 global RNG is reseeded from (seed, step) before every step. So two fresh runs with one seed start
@@ -37,14 +42,17 @@ import torch
 from torch import nn
 
 from vdcli import distributed
+from vdcli.accumulate import micro_batches, whole_batch_draws
 from vdcli.checkpoint import load_checkpoint, load_train_state, read_header, save_resumable
 from vdcli.device import autocast, compiled, prepare
 from vdcli.errors import VdError
+from vdcli.finetune import init_from
 from vdcli.images import loss_curve
-from vdcli.progress import Reporter, format_metrics
+from vdcli.progress import Reporter, console, format_metrics
 from vdcli.recipe import TrainConfig
 from vdcli.runs import Run
 from vdcli.streaming import Column, step_batches
+from vdcli.tracking import pictures, tracker, written
 
 LossFn = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, dict[str, float]]]
 EvalFn = Callable[[nn.Module, int], "dict[str, float] | None"]
@@ -242,18 +250,26 @@ def fit(
     prepare(model, device, compiled=cfg.compile)
     rank, world = distributed.rank(), distributed.world_size()
     net = model  # what loss_fn calls: under torchrun, the DDP wrapper that averages gradients over the ranks
+    ddp = None  # the DDP wrapper, whose no_sync() skips the all-reduce of all but a step's last micro-batch
     if world > 1:
         if cfg.batch_size % world:
             raise VdError(f"train.batch_size {cfg.batch_size} is the global batch and does not split evenly over {world} processes; "
                           f"use a multiple of {world}")
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.micro_batch and (cfg.batch_size // world) % cfg.micro_batch:
+            raise VdError(f"train.micro_batch {cfg.micro_batch} does not divide the per-process batch {cfg.batch_size // world} "
+                          f"(train.batch_size {cfg.batch_size} over {world} processes); use a divisor of it")
+        net = ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         quiet = quiet or rank > 0
     if cfg.compile:  # the wrapper only runs the loss; ``model`` is what is saved, so no ``_orig_mod.`` in the keys
         net = compiled(net)
+    source = (meta.get("recipe") or {}).get("init_from")
+    continuing = resume and run.checkpoint.is_file()
+    if source and not continuing:  # fine-tuning: another run's weights, before the EMA copies them and before any step
+        meta = {**meta, "init_from": str(_init_from(model, source, kind, extra, quiet or rank > 0))}
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     start = 0
-    if resume and run.checkpoint.is_file():
+    if continuing:
         ckpt = load_checkpoint(run.checkpoint, expect=kind)
         model.load_state_dict(ckpt.weights("model"))
         if ema:
@@ -281,6 +297,8 @@ def fit(
     batches = step_batches(data, order, start, cfg.steps, rank, world, device)  # streamed columns: read ahead by workers
 
     t0 = time.perf_counter()
+    track = tracker(cfg.log_to, run.dir, rank, start)
+    since, items = t0, 0  # images/s over the steps since the last log line
     with stop, SaveOnError(save, watch, model, run.checkpoint, start) as mark, \
             Reporter(cfg.steps, start, f"{kind} {run.dir.name}", every=cfg.log_every, quiet=quiet) as report, \
             open(run.metrics if rank == 0 else os.devnull, "a") as log:
@@ -293,10 +311,8 @@ def fit(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             model.train()
-            with autocast(device):
-                loss, logs = loss_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logs = _accumulate(net, ddp, loss_fn, batch, cfg.micro_batch, device, seed * 1_000_003 + step + rank * 1_000_000_007)
             if cfg.grad_clip:
                 clip_gradients(model, cfg.grad_clip)
             mark.updating()  # from here to mark.done the weights are neither step - 1's nor step's
@@ -318,18 +334,26 @@ def fit(
                 loss_value, stopping = _read_loss(watch, stop, world, read_from, step, cfg)
                 read_from = step + 1
             report.update(step, items=len(rows) * world, loss=loss_value)
+            items += len(rows) * world
             if logging:
                 log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, **_floats(logs)}) + "\n")
                 log.flush()
+                now = time.perf_counter()
+                track.scalars("train", {"loss": loss_value, "lr": lr, "images_per_second": items / max(now - since, 1e-9),
+                                        **_floats(logs)}, step)
+                since, items = now, 0
             if evaluations and evaluating and rank == 0:
                 eval_model = ema.model if ema else model
                 eval_model.eval()
                 metrics = {}
+                before = pictures(run.dir)
                 with torch.no_grad(), autocast(device):
                     for evaluation in evaluations:
                         metrics.update(evaluation(eval_model, step) or {})
                 log.write(json.dumps({"step": step, "eval": metrics}) + "\n")
                 log.flush()
+                track.scalars("eval", metrics, step)
+                track.images(written(before, pictures(run.dir)), step)
                 report.print(f"step {step}: {format_metrics(metrics)}")
             if saving:
                 save(step)
@@ -337,6 +361,7 @@ def fit(
                 save(step)
                 distributed.barrier()
                 raise TrainingInterrupted(f"interrupted at step {step}/{cfg.steps}; saved {run.checkpoint}")
+    track.close()
     if rank == 0:
         loss_curve(run.metrics, run.dir / "loss.png")
     distributed.barrier()  # the checkpoint is on disk before any rank reads it back
@@ -409,6 +434,40 @@ def _read_loss(watch: LossWatch, stop: StopFlag, world: int, since: int, step: i
         raise VdError(f"the loss became {bad_loss if world == 1 else 'nan or inf'} {where}; "
                       f"lower train.lr (now {cfg.lr:g}) or raise train.warmup_steps")
     return loss_value, stopping
+
+
+def _init_from(model: nn.Module, source: str, kind: str, extra: dict | None, quiet: bool):
+    """``finetune.init_from``, saying what it loaded unless quiet; returns the source checkpoint."""
+    path, note = init_from(model, source, kind, extra)
+    if not quiet:
+        console.print(note, soft_wrap=True, highlight=False)
+    return path
+
+
+def _accumulate(net: nn.Module, ddp: nn.Module | None, loss_fn: LossFn, batch: tuple[torch.Tensor, ...], micro: int | None,
+                device: torch.device, step_seed: int) -> tuple[torch.Tensor, dict]:
+    """Forward and backward of one step's batch, in micro-batches of ``micro`` rows (``accumulate.py``):
+    each micro-batch's loss scaled by its share of the rows, so the gradients summed in ``.grad`` are
+    the whole batch's; DDP all-reduces only at the last one. Returns the batch's loss and logs."""
+    rows = len(batch[0])
+    parts = micro_batches(rows, micro)
+    total, logs = None, {}
+    for i, part in enumerate(parts):
+        if len(parts) > 1:  # every micro-batch replays the step's draws from the start and keeps its own rows of them
+            torch.manual_seed(step_seed)
+        last = i == len(parts) - 1
+        sync = contextlib.nullcontext() if last or ddp is None else ddp.no_sync()
+        share = (part.stop - part.start) / rows
+        with sync:
+            with autocast(device), whole_batch_draws(part, rows):
+                loss, part_logs = loss_fn(net, tuple(t[part] for t in batch))
+            (loss * share if len(parts) > 1 else loss).backward()
+        if len(parts) == 1:
+            return loss, part_logs
+        total = loss.detach() * share if total is None else total + loss.detach() * share
+        for k, v in part_logs.items():  # the batch's mean of a logged mean
+            logs[k] = logs.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v) * share
+    return total, logs
 
 
 def _floats(logs: dict) -> dict:

@@ -6,7 +6,7 @@ stderr and exit code 2 (``vd --debug ...`` shows the traceback); anything else i
 its traceback.
 
 One module per command family, mirroring ``vdcli/tasks/``: ``vit`` (patchify, train-vit,
-attn-map), ``vae`` (train-vae, interpolate), ``text`` (train-clip), ``ldm`` (train-ldm, sample, inpaint, diffuse), ``control`` (control, train-controlnet). ``app`` holds
+attn-map), ``vae`` (train-vae, interpolate), ``text`` (train-clip), ``ldm`` (train-ldm, sample, inpaint, diffuse), ``control`` (control, train-controlnet), ``runs`` (runs compare). ``app`` holds
 the Typer app and the error handling, ``options`` the option types they share.
 """
 
@@ -16,6 +16,7 @@ from vdcli.cli import vae  # noqa: F401
 from vdcli.cli import text  # noqa: F401
 from vdcli.cli import ldm  # noqa: F401
 from vdcli.cli import control  # noqa: F401
+from vdcli.cli import runs  # noqa: F401
 from vdcli.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -46,9 +46,9 @@ def _unwrap(doc: str) -> str:
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
-def command(name: str):
-    """Register a command whose user errors print as one line and exit 2 (130 when interrupted, 1 when
-    a training command failed unexpectedly)."""
+def command(name: str, on: typer.Typer | None = None):
+    """Register a command (on ``app``, or on the sub-app ``on``: ``vd runs compare``) whose user errors
+    print as one line and exit 2 (130 when interrupted, 1 when a training command failed unexpectedly)."""
 
     def wrap(fn):
         fn.__doc__ = _unwrap(fn.__doc__)
@@ -82,7 +82,7 @@ def command(name: str):
                 err.print(f"[red]error:[/] {escape(where + str(e))}", soft_wrap=True, markup=True)  # a path may hold [...]
                 raise typer.Exit(e.exit_code)  # 2: the input was wrong; 1: a training command failed (TrainingFailed)
 
-        return app.command(name)(run)
+        return (on or app).command(name)(run)
 
     return wrap
 
