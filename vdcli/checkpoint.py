@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from vdcli import __version__
+from vdcli import __version__, distributed
 from vdcli.errors import VdError, write_failure
 
 KINDS = {"vit": "a ViT classifier (vd train-vit)", "vae": "a VAE (vd train-vae)", "ldm": "a latent diffusion model (vd train-ldm)",
@@ -61,8 +61,6 @@ def atomic_write(path: Path, write, nbytes: int | None = None) -> None:
     On any failure the temporary file is removed and ``path`` is untouched; a full disk or a missing
     permission is one ``VdError`` naming ``path`` and ``nbytes``, the size of what was being written.
     """
-    from vdcli import distributed
-
     if not distributed.is_main():
         return
     path = Path(path)
@@ -128,8 +126,6 @@ def state_path(path: Path, previous: bool = False) -> Path:
 def save_resumable(path: Path, kind: str, modules: dict[str, torch.nn.Module | dict], meta: dict,
                    optimizer: torch.optim.Optimizer, step: int) -> None:
     """Weights and optimizer state of one step, in an order that survives a kill at any point."""
-    from vdcli import distributed
-
     if not distributed.is_main():
         return
     state, previous = state_path(path), state_path(path, previous=True)

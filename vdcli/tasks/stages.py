@@ -26,10 +26,11 @@ from vdcli.data import data_spec
 from vdcli.errors import VdError
 from vdcli.models.vae import AutoencoderKL
 from vdcli.progress import Reporter, console
-from vdcli.recipe import LDMRecipe, denoiser_conflicts
+from vdcli.recipe import CLIPRecipe, LDMRecipe, denoiser_conflicts
 from vdcli.runs import Run, find_checkpoint
 from vdcli.shards import SHARD_ROWS, open_shards, shard_matches, shard_path, shard_ranges, write_shard
 from vdcli.streaming import Column, FolderImages
+from vdcli.tasks import clip
 from vdcli.tasks.vae import encode_all, train_stage
 
 
@@ -100,8 +101,6 @@ def _named_stage(named: str | None, kind: str, stage: str) -> tuple[Path, dict] 
 def text_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume: bool, quiet: bool) -> tuple[Checkpoint, str]:
     """The CLIP checkpoint the recipe names, or one trained now from its clip: section (in <run>/clip/),
     the way ``first_stage`` trains the VAE."""
-    from vdcli.tasks import clip
-
     named = named_clip(recipe)
     if named:
         return load_checkpoint(named, "clip"), f"CLIP from {named}"
@@ -117,8 +116,6 @@ def text_stage(recipe: LDMRecipe, run: Run, train_set, test_set, device, resume:
 
 def clip_recipe(recipe: LDMRecipe):
     """The CLIP recipe of a text LDM's text stage: its clip: section, on the LDM's data."""
-    from vdcli.recipe import CLIPRecipe
-
     return CLIPRecipe(data=recipe.data, model=recipe.clip.model, train=recipe.clip.train)
 
 
