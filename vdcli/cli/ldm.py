@@ -249,7 +249,7 @@ def _sample(*, given, checkpoint, sampler, spacing, steps, eta, guidance, class_
     unconditional = model.conditioning.is_null(requests, None if negative_prompt is None else [negative_prompt])
     kind = "autoguidance" if model.guide is not None and unconditional else "guidance"
     if unconditional and model.guide is None and (guidance not in (None, 1.0) or "guidance" in swept):
-        say(f"note: --guidance {guidance if guidance is not None else 'sweep'} is not used: an unconditional sample is guided only by a model trained "
+        say(f"note: {f'--guidance {guidance:g}' if guidance is not None else '--sweep guidance'} is not used: an unconditional sample is guided only by a model trained "
             "with train.guide_at (autoguidance), and this one was not")
     say(*model.conditioning.warnings(requests, negative_prompt))
     spacing = spacing or model.defaults.spacing
