@@ -71,6 +71,15 @@ def sweeps(ldm_run: str, scratch: Path) -> None:
     shutil.copy(scratch / "sweep_samplers" / "sweep.png", DOCS / "sweep_sampler_steps.png")
 
 
+def vit_pictures(vit_run: str, scratch: Path) -> None:
+    """What the ViT looks at (attention of the class token, rollout) and how alike its learned
+    position embeddings are (Dosovitskiy et al. 2021, Fig. 7 centre)."""
+    vd("attn-map", "mnist:test:42", "--mode", "both", "--checkpoint", vit_run, "--out", str(scratch / "attn"))
+    shutil.copy(scratch / "attn" / "attention.png", DOCS / "attention.png")  # the overview; the per-head files sit beside it
+    vd("attn-map", "--positions", "--checkpoint", vit_run, "--out", str(scratch / "positions"))
+    shutil.copy(scratch / "positions" / "position_similarity.png", DOCS / "position_similarity.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ldm", default="bench/runs/mnist_latent/latest")
@@ -78,8 +87,13 @@ def main() -> None:
     parser.add_argument("--text", default=None, help="a text LDM run (recipes/mnist_text.yaml)")
     parser.add_argument("--controlnet", default=None, help="a ControlNet run (recipes/mnist_controlnet.yaml)")
     parser.add_argument("--sweeps-only", action="store_true", help="draw only the sweep grids of --ldm")
+    parser.add_argument("--vit-only", action="store_true", help="draw only the pictures of --vit")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="vd-docs-"))
+    if args.vit_only:
+        vit_pictures(args.vit, scratch)
+        print(f"wrote docs/attention.png and docs/position_similarity.png (scratch files in {scratch})")
+        return
     if args.sweeps_only:
         sweeps(args.ldm, scratch)
         print(f"wrote docs/sweep_guidance_steps.png and docs/sweep_sampler_steps.png (scratch files in {scratch})")
@@ -126,10 +140,7 @@ def main() -> None:
         print("no --controlnet run: docs/controlnet.png left as it is")
 
     if args.vit:
-        vd("attn-map", "mnist:test:42", "--mode", "both", "--checkpoint", args.vit, "--out", str(scratch / "attn"))
-        shutil.copy(next((scratch / "attn").glob("*.png")), DOCS / "attention.png")
-        vd("attn-map", "--positions", "--checkpoint", args.vit, "--out", str(scratch / "positions"))
-        shutil.copy(scratch / "positions" / "position_similarity.png", DOCS / "position_similarity.png")
+        vit_pictures(args.vit, scratch)
     else:
         print("no --vit run: docs/attention.png, vit_confusion.png and position_similarity.png left as they are")
     # bench/inductive_bias.py trains 16 classifiers (~25 min or more); this redraws its latest rows only
